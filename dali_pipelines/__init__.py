@@ -1,0 +1,1 @@
+"""DALI graphs that turn the shards into model-ready clips (reads manifests; no torch training code)."""

@@ -1,0 +1,194 @@
+"""Input layouts: turn a dataset's on-disk layout into a list of (video path, class name) items.
+
+Three layouts, chosen with `--layout`:
+
+- `folders`:  ROOT/<class_dir>/<video>   (UCF101: `ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi`,
+  HMDB51: `brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi`)
+- `kinetics`: the official annotation CSV (`label,youtube_id,time_start,time_end,split`) plus a video
+  folder with files named `<youtube_id>_<start:06d>_<end:06d>.<ext>`, flat or one folder per class.
+- `list`:     a CSV with a `path,label` header; relative paths are relative to the CSV's folder.
+
+Nothing here opens a video: a listed file that is missing or broken is reported by the builder in
+the manifest's `errors`, never dropped here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = frozenset(
+    ".avi .mp4 .m4v .mkv .webm .mov .mpg .mpeg .flv .3gp .ogv .wmv .ts .mts .vob".split()
+)
+
+
+class LayoutError(ValueError):
+    """The input does not have the layout it was said to have (raised before any work starts)."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One input video.
+
+    Attributes:
+        path: absolute path of the file (it may not exist: Kinetics rows whose download failed).
+        class_name: the raw class name (folder name, CSV label).
+        video_id: a stable id, unique within the build, usable as a tar key (no dots, no slashes).
+    """
+
+    path: str
+    class_name: str
+    video_id: str
+
+
+@dataclass
+class Listing:
+    """What a layout found: the videos, and files skipped because they are not videos."""
+
+    items: list[VideoItem]
+    ignored: list[str]
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def safe_key(text: str) -> str:
+    """Make `text` usable as a WebDataset key: webdataset splits a member name at its first dot.
+
+    >>> safe_key("v_Foo_g01.c01")
+    'v_Foo_g01_c01'
+    """
+    return _KEY_UNSAFE.sub("_", text)
+
+
+def _short(vid: str, limit: int = 80) -> str:
+    """Keep tar member names under USTAR's 100 characters (KEY + `_s000.frames`)."""
+    if len(vid) <= limit:
+        return vid
+    return vid[: limit - 13] + "_" + hashlib.sha1(vid.encode()).hexdigest()[:12]
+
+
+def _with_unique_ids(raw: list[tuple[str, str, str]]) -> list[VideoItem]:
+    """raw: (path, class_name, relative path). Ids are file stems, or the whole relative path for
+    stems that occur more than once (two `clip1.mp4` in different class folders)."""
+    stems = [_short(safe_key(Path(rel).stem)) for _, _, rel in raw]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    items = []
+    for (path, cls, rel), stem in zip(raw, stems):
+        vid = stem if counts[stem] == 1 else _short(safe_key(str(Path(rel).with_suffix("")).replace(os.sep, "__")))
+        items.append(VideoItem(path=path, class_name=cls, video_id=vid))
+    seen: set[str] = set()
+    for it in items:
+        if it.video_id in seen:
+            raise LayoutError(f"two inputs map to the same video id {it.video_id!r}; rename one of them")
+        seen.add(it.video_id)
+    return items
+
+
+def list_folders(root: Path) -> Listing:
+    """ROOT/<class_dir>/<video>: every file under a class folder (any depth) is an input."""
+    raw, ignored = [], []
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise LayoutError(f"--layout folders: {root} has no class folders (expected ROOT/<class>/<video>)")
+    for cdir in class_dirs:
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                rel = str(path.relative_to(root))
+                if name.startswith("."):
+                    continue
+                if path.suffix.lower() not in VIDEO_EXTENSIONS:
+                    ignored.append(rel)
+                    continue
+                raw.append((str(path.resolve()), cdir.name, rel))
+    return Listing(_with_unique_ids(raw), ignored)
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise LayoutError(
+                f"{path}: the CSV header {header} lacks {missing}; expected columns {list(required)}"
+            )
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def list_kinetics(video_root: Path, annotations: Path, csv_split: str | None = None) -> Listing:
+    """The Kinetics CSV (`label,youtube_id,time_start,time_end,split`) + its downloaded videos.
+
+    A row whose file is absent stays in the listing with the expected path, so the builder lists it
+    in `errors` ("file not found") instead of losing it silently.
+
+    Args:
+        video_root: folder with `<youtube_id>_<start:06d>_<end:06d>.<ext>` files, flat or per class.
+        annotations: the CSV.
+        csv_split: keep only rows whose `split` column equals this (e.g. `train`); None keeps all.
+    """
+    rows = _read_csv(annotations, ("label", "youtube_id", "time_start", "time_end"))
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(video_root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.suffix.lower() in VIDEO_EXTENSIONS:
+                found.setdefault(p.stem, str(p.resolve()))
+    raw = []
+    for row in rows:
+        if csv_split is not None and row.get("split", "") != csv_split:
+            continue
+        stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+        path = found.get(stem, str((video_root / f"{stem}.mp4").resolve()))
+        raw.append((path, row["label"], stem))
+    if not raw:
+        raise LayoutError(f"--layout kinetics: {annotations} has no rows" + (f" with split={csv_split!r}" if csv_split else ""))
+    return Listing(_with_unique_ids(raw), [])
+
+
+def list_csv(csv_path: Path) -> Listing:
+    """A `path,label` CSV; relative paths are taken relative to the CSV's folder."""
+    rows = _read_csv(csv_path, ("path", "label"))
+    raw = []
+    for row in rows:
+        p = Path(row["path"])
+        full = p if p.is_absolute() else csv_path.parent / p
+        raw.append((str(full.resolve()), row["label"], row["path"]))
+    if not raw:
+        raise LayoutError(f"--layout list: {csv_path} has no rows")
+    return Listing(_with_unique_ids(raw), [])
+
+
+def list_inputs(layout: str, input_path: Path, annotations: Path | None = None,
+                csv_split: str | None = None) -> Listing:
+    """Dispatch on `--layout`, with clear errors for a missing or empty input."""
+    if not input_path.exists():
+        raise LayoutError(f"--input {input_path} does not exist")
+    if layout == "folders":
+        if not input_path.is_dir():
+            raise LayoutError(f"--layout folders needs a folder, got the file {input_path}")
+        listing = list_folders(input_path)
+    elif layout == "kinetics":
+        if annotations is None:
+            raise LayoutError("--layout kinetics needs --annotations CSV (label,youtube_id,time_start,time_end,split)")
+        if not annotations.is_file():
+            raise LayoutError(f"--annotations {annotations} does not exist")
+        listing = list_kinetics(input_path, annotations, csv_split)
+    elif layout == "list":
+        if not input_path.is_file():
+            raise LayoutError(f"--layout list needs a CSV file (path,label), got {input_path}")
+        listing = list_csv(input_path)
+    else:
+        raise LayoutError(f"unknown --layout {layout!r}; use folders, kinetics or list")
+    if not listing.items:
+        raise LayoutError(f"--input {input_path}: no video files found (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
+    return listing

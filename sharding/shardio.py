@@ -1,0 +1,140 @@
+"""Writing and reading the shard files: the tar, its DALI index and its per-sample table.
+
+Reproducible bytes: members are written in a fixed order with fixed metadata (mtime 0, uid 0,
+mode 0644), so the same samples give the same tar whatever the number of build workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
+TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames", "first_frame",
+                 "segment", "own_start", "own_count", "width", "height", "offset", "size")
+
+
+def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in order (see FORMAT.md).
+
+    Args:
+        key: the sample key (no dots).
+        ext: the video member's extension (`webm`, `mp4`).
+        video: the encoded video.
+        meta: the sample's json (must hold label, num_frames, first_frame, own_start, own_count).
+    """
+    ints = np.array([meta["num_frames"], meta["first_frame"], meta["own_start"], meta["own_count"]], "<i4")
+    return [
+        (f"{key}.{ext}", video),
+        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+        (f"{key}.cls", str(meta["label"]).encode()),
+        (f"{key}.label", np.array([meta["label"]], "<i4").tobytes()),
+        (f"{key}.frames", ints.tobytes()),
+    ]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to `path.tmp`, fsync, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> dict:
+    """Write one shard atomically, then its DALI index and its table.
+
+    Args:
+        tar_path: final path of `{split}-NNNNNN.tar`.
+        samples: (key, ext, video bytes, meta) in shard order.
+
+    Returns:
+        The shard's manifest entry: path, index, table, num_samples, num_videos, bytes, sha256
+        (paths relative to the shard's folder).
+    """
+    tmp = tar_path.with_name(tar_path.name + ".tmp")
+    index_lines, table = [], {c: [] for c in TABLE_COLUMNS}
+    sha = hashlib.sha256()
+
+    class _Hashing(io.RawIOBase):  # hash while writing: no second pass over a large tar
+        def __init__(self, f):
+            self.f = f
+
+        def writable(self):
+            return True
+
+        def tell(self):
+            return self.f.tell()
+
+        def write(self, b):
+            sha.update(b)
+            return self.f.write(b)
+
+    with open(tmp, "wb") as raw:
+        sink = _Hashing(raw)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, ext, video, meta in samples:
+                parts = []
+                for name, data in sample_members(key, ext, video, meta):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    offset = tar.offset + tarfile.BLOCKSIZE  # the data follows one header block
+                    tar.addfile(info, io.BytesIO(data))
+                    parts.append(f"{name.split('.', 1)[1]} {offset} {len(data)} {name}")
+                    if name.endswith("." + ext) and name.count(".") == 1:
+                        video_at = (offset, len(data))
+                index_lines.append(" ".join(parts))
+                for col, val in (("keys", key), ("video_ids", meta["video_id"]), ("labels", meta["label"]),
+                                 ("num_frames", meta["num_frames"]), ("video_num_frames", meta["video_num_frames"]),
+                                 ("first_frame", meta["first_frame"]), ("segment", meta["segment"]),
+                                 ("own_start", meta["own_start"]), ("own_count", meta["own_count"]),
+                                 ("width", meta["width"]), ("height", meta["height"]),
+                                 ("offset", video_at[0]), ("size", video_at[1])):
+                    table[col].append(val)
+        raw.flush()
+        os.fsync(raw.fileno())
+    size = tmp.stat().st_size
+    os.replace(tmp, tar_path)
+    stem = tar_path.name[: -len(".tar")]
+    index_path = tar_path.with_name(stem + ".idx")
+    table_path = tar_path.with_name(stem + ".samples.json")
+    # the DALI webdataset index, v1.2: "<ext> <data offset> <size> <member name>" per component
+    atomic_write_bytes(index_path, (f"v1.2 {len(samples)}\n" + "\n".join(index_lines) + "\n").encode())
+    atomic_write_bytes(table_path, json.dumps(table, separators=(",", ":")).encode())
+    return {
+        "path": tar_path.name, "index": index_path.name, "table": table_path.name,
+        "num_samples": len(samples), "num_videos": len({m["video_id"] for _, _, _, m in samples}),
+        "bytes": size, "sha256": sha.hexdigest(),
+    }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_member(tar_path: Path, offset: int, size: int) -> bytes:
+    """Read one member's bytes at a known offset (from the table or the index): no tar parsing."""
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OSError(f"{tar_path}: wanted {size} bytes at offset {offset}, got {len(data)} (truncated shard?)")
+    return data

@@ -1,0 +1,1 @@
+"""Training and zero-shot evaluation (top floor below benchmarks)."""
