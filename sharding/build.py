@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from sharding import __version__
-from sharding.class_names import class_text
+from sharding.class_names import class_text, read_class_list
 from sharding.encode import CODECS, VideoError, decode, encode
 from sharding.layouts import LayoutError, VideoItem, list_inputs
 from sharding.segments import plan_segments
@@ -88,15 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_class_file(path: Path) -> list[str]:
-    """One class name per line; blank lines and `#` comments ignored."""
+    """An allow/deny list (sharding.class_names.read_class_list), with a BuildError when unusable."""
     if not path.is_file():
         raise BuildError(f"class list {path} does not exist")
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            names.append(line)
-    return names
+    try:
+        return read_class_list(path)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
 
 
 def dataset_name(args: argparse.Namespace) -> str:
