@@ -1,0 +1,187 @@
+"""The run configuration: pydantic sections, YAML files, dotted command-line overrides.
+
+    torchrun trainer/main.py configs/author.yaml optim.lr=1e-4 run.out_dir=runs/x
+
+Every section forbids unknown keys, so a typo fails loudly with the field, the file and what is
+allowed. Each module is handed its own section (`make_train_loader(cfg.data.train, ...)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dali_pipelines.config import Device, EvalDataConfig, TrainDataConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Section):
+    out_dir: str  # run folder: config.yaml, checkpoints/, tb/, metrics.jsonl, eval/
+    seed: int = 0  # model initialisation and dropout; the data stream has its own seed (data.train.seed)
+    log_every: int = Field(10, gt=0)  # steps between console lines and TensorBoard scalars
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are deterministic anyway)
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads per rank; None = torch's default
+
+
+class DataConfig(_Section):
+    train: TrainDataConfig  # its batch_size is derived: global_batch / world_size (do not set it)
+    global_batch: int = Field(88, gt=0)  # clips per optimizer step over all ranks
+
+    @model_validator(mode="after")
+    def _batch_is_derived(self):
+        if "batch_size" in self.train.model_fields_set:
+            raise ValueError("data.train.batch_size is derived from data.global_batch / world size: "
+                             "set data.global_batch instead")
+        return self
+
+
+class TestSetConfig(_Section):
+    name: str  # the name in metrics.jsonl, TensorBoard and eval/<name>_e<epoch>.npz (ucf101, hmdb51, ...)
+    shards: str  # a `--split eval` shard folder or its _info.json
+    generalized: bool = False  # also rank against the training classes (generalized zero-shot)
+    seen: bool = False  # classes that were trained on (seen-class accuracy): skips the overlap check
+
+
+class EvalConfig(_Section):
+    sets: list[TestSetConfig] = []  # test sets; their classes must not overlap the training classes by name
+    every_epochs: int = Field(5, ge=0)  # quick evaluation every K epochs (0: only at the end)
+    quick_clips: int = Field(1, gt=0)  # clips per video in the quick evaluations during training
+    clips: int = Field(25, gt=0)  # clips per video at the end and with --eval-only
+    batch_size: int = Field(4, gt=0)  # videos per rank and step
+    clip_positions: Literal["uniform", "random"] = "uniform"  # where the clips sit in the video
+    num_threads: int = Field(2, gt=0)  # DALI threads
+    py_workers: int = Field(1, ge=0)  # reader processes of the external source
+    device: Device = "auto"  # DALI backend for evaluation
+
+    def data(self, test_set: TestSetConfig, train: TrainDataConfig, clips: int) -> EvalDataConfig:
+        """The loader section of one test set; clip geometry and standardization follow training."""
+        return EvalDataConfig(
+            shards=test_set.shards, batch_size=self.batch_size, num_clips=clips, clip_len=train.clip_len,
+            stride=train.stride, crop=train.crop, resize_short=train.resize_short,
+            clip_positions=self.clip_positions, standardization=train.standardization, seed=train.seed,
+            num_threads=self.num_threads, py_workers=self.py_workers, device=self.device)
+
+
+class EmbeddingConfig(_Section):
+    vectors: str  # word vectors: fastText .bin, word2vec .bin, or .vec/.txt
+    cache: str | None = None  # class-embedding cache (.npz); None = <out_dir>/class_embeddings.npz
+    normalize_words: bool = True  # unit-normalise each word vector before the mean (the paper's code does: init_sims)
+
+
+class ModelConfig(_Section):
+    backbone: Literal["r2plus1d_18", "r2plus1d_10", "custom"] = "r2plus1d_18"  # custom: widths + layers
+    widths: list[int] | None = None  # custom backbone: channels of layer1..4
+    layers: list[int] | None = None  # custom backbone: blocks per layer
+    dropout: float = Field(0.05, ge=0, lt=1)  # before the regressor (the paper: 0.05)
+    init: str | None = None  # backbone weights: a torchvision r2plus1d_18 state_dict or one of our checkpoints
+    channels_last: bool = False  # torch.channels_last_3d memory format (GPU)
+    compile: bool = False  # torch.compile the model
+
+    @model_validator(mode="after")
+    def _custom_needs_shape(self):
+        if self.backbone == "custom" and (not self.widths or not self.layers or len(self.widths) != 4
+                                          or len(self.layers) != 4):
+            raise ValueError("model.backbone 'custom' needs model.widths and model.layers with 4 entries each")
+        return self
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(70, gt=0)  # the schedule counts epochs; an epoch is data.train.epoch_clips clips
+    lr: float = Field(1e-3, gt=0)  # Adam learning rate of the first epochs
+    lr_milestones: list[int] = [40, 61]  # after these many epochs the LR is multiplied by lr_gamma
+    lr_gamma: float = Field(0.1, gt=0)  # 1e-3 -> 1e-4 (epochs 41-61) -> 1e-5 (62-70)
+    weight_decay: float = Field(0.0, ge=0)  # Adam weight decay
+    amp: Literal["bf16", "none"] = "bf16"  # autocast dtype on CUDA (CPU runs in float32)
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm; None = off
+
+    @model_validator(mode="after")
+    def _milestones_sorted(self):
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"optim.lr_milestones must be increasing, got {self.lr_milestones}")
+        return self
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(1000, gt=0)  # also at every epoch end and on SIGTERM/SIGINT
+    keep_last: int = Field(3, gt=0)  # older checkpoints are deleted
+
+
+class TrainConfig(_Section):
+    run: RunConfig
+    data: DataConfig
+    eval: EvalConfig = EvalConfig()
+    embeddings: EmbeddingConfig
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the file, the field and what is allowed."""
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
+    key, value = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for k in path[:-1]:
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+            node = node[k]
+        node[path[-1]] = value
+    return raw
+
+
+def _explain(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key (typo?)")
+        else:
+            lines.append(f"  {loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a field is unknown or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = apply_overrides(raw, list(overrides))
+    source = str(path) + (f" with overrides {list(overrides)}" if overrides else "")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None
+
+
+def lr_at(optim: OptimConfig, epoch: int) -> float:
+    """Step schedule by epoch (0-based): lr * gamma^(milestones passed).
+
+    With the defaults: 1e-3 for epochs 0-39 (the paper's 1-40), 1e-4 for 40-60, 1e-5 from 61 on.
+    """
+    passed = sum(epoch >= m for m in optim.lr_milestones)
+    return optim.lr * optim.lr_gamma ** passed
