@@ -1,0 +1,64 @@
+"""Configuration sections of the data loaders (the trainer composes them into its own config).
+
+Each loader takes its own section: `make_train_loader(cfg.data.train, ...)`. Nothing here imports
+the trainer, torch or DALI, so the sections validate anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Standardization = Literal["per_frame", "mean_std"]
+Device = Literal["auto", "gpu", "cpu"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _crop_fits_resize(self):
+        # The crop is taken from the (optionally resized) frame; a smaller frame could never hold it.
+        resize_short = getattr(self, "resize_short", None)
+        if resize_short is not None and resize_short < self.crop:
+            raise ValueError(f"resize_short ({resize_short}) must be >= crop ({self.crop})")
+        return self
+
+
+class TrainDataConfig(_Section):
+    """Training clips: one random window + random crop + flip per sample."""
+
+    shards: str  # a shard directory or its _info.json (built with `python -m sharding.build --split train`)
+    batch_size: int = Field(22, gt=0)  # clips per rank and step (global batch = batch_size * world_size)
+    clip_len: int = Field(16, gt=0)  # frames per clip (T)
+    stride: int = Field(1, gt=0)  # temporal stride between the clip's frames
+    crop: int = Field(112, gt=0)  # side of the square random crop
+    resize_short: int | None = Field(None, gt=0)  # resize the short side to this before cropping; None = as stored
+    flip: bool = True  # horizontal flip of the whole clip with p=0.5
+    standardization: Standardization = "per_frame"  # per_frame = tf.image.per_image_standardization; mean_std = Kinetics mean/std
+    seed: int = 0  # the sample stream is a pure function of (seed, epoch, position)
+    num_threads: int = Field(2, gt=0)  # DALI CPU threads per pipeline
+    prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
+    py_workers: int = Field(2, ge=0)  # processes reading samples for the external source; 0 = in the main process
+    device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
+    epoch_clips: int | None = Field(None, gt=0)  # clips per epoch (over all ranks); None = number of training videos
+
+
+class EvalDataConfig(_Section):
+    """Evaluation: every video once, N clips each, centre crop."""
+
+    shards: str  # a shard directory or its _info.json (built with `--split eval`: one sample per whole video)
+    batch_size: int = Field(4, gt=0)  # videos per rank and step
+    num_clips: int = Field(25, gt=0)  # clips per video (N)
+    clip_len: int = Field(16, gt=0)  # frames per clip (T)
+    stride: int = Field(1, gt=0)  # temporal stride between the clip's frames
+    crop: int = Field(112, gt=0)  # side of the square centre crop
+    resize_short: int | None = Field(None, gt=0)  # resize the short side to this before cropping; None = as stored
+    clip_positions: Literal["uniform", "random"] = "uniform"  # uniform = evenly spread starts; random = seeded per video
+    standardization: Standardization = "per_frame"  # must match the training section
+    seed: int = 0  # used by clip_positions='random' only
+    num_threads: int = Field(2, gt=0)  # DALI CPU threads per pipeline
+    prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
+    py_workers: int = Field(1, ge=0)  # processes reading samples for the external source; 0 = in the main process
+    device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA

@@ -1,0 +1,233 @@
+"""DALI graphs: training clips and multi-clip evaluation, the same code on CPU and GPU.
+
+The samplers (sampler.py) decide everything random in Python; the sources below turn a rank's sample
+number into the sample's encoded bytes (one `os.pread` at the table's offset) plus the drawn
+window, crop and flip, and `fn.external_source` feeds them to the graph. The source is infinite:
+sample number = `iteration * batch_size + idx_in_batch + offset`, so restoring a loader only sets
+`offset` before the pipeline is built.
+
+Device: `device="cpu"` decodes with the CPU backend (VP8/VP9/MJPEG only); `"gpu"` uses the mixed
+(NVDEC) decoder and every later operator follows its input onto the GPU. Nothing else differs.
+
+Parallel sources and CUDA (DALI docs, DESIGN.md): with `py_workers > 0` the source runs in worker
+processes started by `fork`. Call `start_py_workers()` on every pipeline (loader.py does it when the
+loader is made) BEFORE anything touches CUDA (torch.cuda, NCCL init); build the pipelines later.
+The shared offset lives in an anonymous shared mapping inherited by the forked workers, which is
+why it can still be set after the workers started.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+from dali_pipelines.sampler import EvalSampler, TrainSampler
+from dali_pipelines.shards import ShardTable
+
+# Kinetics statistics on x / 255 (DESIGN.md, the paper's transforms), RGB order.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class _Source:
+    """Shared part of the sources: the shared offset and the file reading (picklable)."""
+
+    def __init__(self, table: ShardTable, batch_size: int):
+        self.tar_paths = list(table.tar_paths)
+        cols = table.columns
+        self.shard, self.offset_col, self.size_col = cols["shard"], cols["offset"], cols["size"]
+        self.batch_size = batch_size
+        # One int64 shared with forked workers (MAP_SHARED | MAP_ANONYMOUS).
+        self._offset = np.frombuffer(mmap.mmap(-1, 8), dtype=np.int64)
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    @property
+    def offset(self) -> int:
+        """Sample number of the pipeline's first sample."""
+        return int(self._offset[0])
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._offset[0] = value
+
+    def __getstate__(self):
+        # Pickled (spawn): the offset is frozen at its current value, file descriptors reopen.
+        state = self.__dict__.copy()
+        state["_offset"] = self._offset.copy()
+        state["_fds"] = {}
+        return state
+
+    def sample_number(self, sample_info) -> int:
+        return (sample_info.iteration * self.batch_size + sample_info.idx_in_batch
+                + int(self._offset[0]))
+
+    def read(self, row: int) -> np.ndarray:
+        """The encoded video member of a row as a (nbytes,) uint8 array."""
+        if os.getpid() != self._pid:  # a forked worker: do not share descriptors with the parent
+            self._fds, self._pid = {}, os.getpid()
+        shard = int(self.shard[row])
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
+        size, offset = int(self.size_col[row]), int(self.offset_col[row])
+        data = os.pread(fd, size, offset)  # positionless read: safe in threads and processes
+        if len(data) != size:
+            raise IOError(f"{self.tar_paths[shard]}: short read at {offset} ({len(data)} of {size} "
+                          "bytes); the shard changed after validation")
+        return np.frombuffer(data, dtype=np.uint8)
+
+
+class TrainSource(_Source):
+    """Per-sample callback of the training graph.
+
+    Returns (numpy arrays, never numpy scalars: DALI rejects those): encoded (nbytes,) uint8,
+    label () int32, start () int32, crop (2,) int32 = [x, y], flip () int32, row () int64,
+    and only with an in-graph resize, size (2,) float32 = [width, height] to resize to.
+    """
+
+    def __init__(self, table: ShardTable, sampler: TrainSampler):
+        super().__init__(table, sampler.batch_size)
+        self.sampler = sampler
+        self.num_outputs = 7 if sampler.resize_short is not None else 6
+
+    def __call__(self, sample_info):
+        d = self.sampler.draw(self.sample_number(sample_info))
+        out = (self.read(d.row), np.array(d.label, np.int32), np.array(d.start, np.int32),
+               np.array([d.crop_x, d.crop_y], np.int32), np.array(d.flip, np.int32),
+               np.array(d.row, np.int64), np.array([d.width, d.height], np.float32))
+        return out[: self.num_outputs]  # DALI warns about (and wastes) an unused size output
+
+
+class EvalSource(_Source):
+    """Per-sample callback of the evaluation graph.
+
+    Returns: encoded (nbytes,) uint8, label () int32, video () int32 (-1 = padding),
+    frame_idx (N*T,) int32, crop (2,) int32 = [x, y], row () int64 and, only with an in-graph
+    resize, size (2,) float32.
+    """
+
+    def __init__(self, table: ShardTable, sampler: EvalSampler):
+        super().__init__(table, sampler.batch_size)
+        self.sampler = sampler
+        self.num_outputs = 7 if sampler.resize_short is not None else 6
+
+    def __call__(self, sample_info):
+        d = self.sampler.draw(self.sample_number(sample_info))
+        out = (self.read(d.row), np.array(d.label, np.int32), np.array(d.video, np.int32),
+               d.frame_idx, np.array([d.crop_x, d.crop_y], np.int32), np.array(d.row, np.int64),
+               np.array([d.width, d.height], np.float32))
+        return out[: self.num_outputs]
+
+
+def decode_video(encoded, device: str, start_frame=None, sequence_length=None, stride=None,
+                 pad_mode: str = "edge"):
+    """The one call of DALI's video decoder (its arguments moved between DALI versions).
+
+    Args:
+        encoded: DataNode of (nbytes,) uint8 encoded videos (a whole container each).
+        device: "cpu" or "mixed" (NVDEC; output on the GPU).
+        start_frame: None to decode every frame, else a DataNode / int: first frame of the window.
+            `start_frame`, `sequence_length` and `stride` are argument inputs in DALI 2.4, so
+            they may differ per sample.
+        sequence_length: frames to return from `start_frame`.
+        stride: step between returned frames.
+        pad_mode: what fills frames past the end; 'edge' repeats the last frame, so a 10-frame
+            video asked for 16 frames from 0 returns frames 0..9 then frame 9 six more times.
+
+    Returns:
+        DataNode (F, H, W, C) uint8 RGB, layout "FHWC".
+
+    The decoder cannot seek in memory: a window costs decoding from frame 0 up to its end, which
+    is why training reads short segments (DESIGN.md).
+    """
+    if start_frame is None:
+        return fn.decoders.video(encoded, device=device)
+    return fn.decoders.video(encoded, device=device, start_frame=start_frame,
+                             sequence_length=sequence_length, stride=stride, pad_mode=pad_mode)
+
+
+def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization: str = "per_frame"):
+    """Resize, crop, flip and standardize a sequence; shared by the training and evaluation graphs.
+
+    Args:
+        frames: DataNode (F, H, W, C) uint8.
+        crop: side of the square crop.
+        crop_xy: DataNode (2,) int32 per sample: the crop's top-left pixel [x, y] in the
+            (resized) frame. Exact pixels, so a test can redo the crop in numpy.
+        flip: DataNode () int32 per sample (1 = mirror horizontally) or None for no flip.
+        size: DataNode (2,) float32 [width, height] to resize to first, or None to keep the size.
+            Computed in Python (sampler.resized_size) so the crop positions are known exactly.
+        standardization: 'per_frame': for each frame, on x / 255,
+            `(x - mean) / max(std, 1 / sqrt(H * W * C))` over its crop's H*W*C values (exactly
+            tf.image.per_image_standardization; population std). 'mean_std':
+            `(x / 255 - KINETICS_MEAN) / KINETICS_STD` per channel.
+
+    Returns:
+        DataNode (C, F, crop, crop) float32.
+    """
+    if size is not None:
+        frames = fn.resize(frames, resize_x=size[0], resize_y=size[1])
+    frames = fn.slice(frames, start=crop_xy, shape=[crop, crop], axis_names="WH")  # (F, crop, crop, C)
+    if flip is not None:
+        frames = fn.flip(frames, horizontal=flip)
+    x = fn.cast(frames, dtype=types.FLOAT) * (1.0 / 255.0)
+    if standardization == "per_frame":
+        mean = fn.reductions.mean(x, axis_names="HWC", keep_dims=True)  # (F, 1, 1, 1)
+        std = fn.reductions.std_dev(x, mean, axis_names="HWC", keep_dims=True)  # (F, 1, 1, 1)
+        # tf's floor on the std keeps a flat frame finite (it becomes all zeros).
+        x = (x - mean) / dmath.max(std, float(1.0 / np.sqrt(crop * crop * 3)))
+    elif standardization == "mean_std":
+        mean = types.Constant(np.array(KINETICS_MEAN, np.float32))  # (C,), broadcast over F, H, W
+        inv_std = types.Constant(1.0 / np.array(KINETICS_STD, np.float32))
+        x = (x - mean) * inv_std
+    else:
+        raise ValueError(f"unknown standardization {standardization!r}")
+    return fn.transpose(x, perm=[3, 0, 1, 2])  # (F,H,W,C) -> (C,F,H,W)
+
+
+def _source_node(source, num_outputs: int, py_workers: int, prefetch: int):
+    if py_workers > 0:
+        return fn.external_source(source=source, parallel=True, batch=False, num_outputs=num_outputs,
+                                  prefetch_queue_depth=prefetch)
+    return fn.external_source(source=source, batch=False, num_outputs=num_outputs)
+
+
+@pipeline_def
+def train_graph(source: TrainSource, *, device: str, clip_len: int, stride: int, crop: int,
+                standardization: str, py_workers: int, prefetch: int):
+    """Training clips: one window + crop + flip per sample.
+
+    Outputs: clips (C, T, crop, crop) float32, label () int32, row () int64, start () int32,
+    crop (2,) int32 [x, y], flip () int32.
+    """
+    encoded, label, start, crop_xy, flip, row, *size = _source_node(
+        source, source.num_outputs, py_workers, prefetch)
+    frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu", start_frame=start,
+                          sequence_length=clip_len, stride=stride)  # (T, H, W, C)
+    clips = augment(frames, crop=crop, crop_xy=crop_xy, flip=flip, size=size[0] if size else None,
+                    standardization=standardization)  # (C, T, crop, crop)
+    return clips, label, row, start, crop_xy, flip
+
+
+@pipeline_def
+def eval_graph(source: EvalSource, *, device: str, num_clips: int, clip_len: int, crop: int,
+               standardization: str, py_workers: int, prefetch: int):
+    """Evaluation: decode each whole video once, gather its N clips, centre crop.
+
+    Outputs: clips (N, C, T, crop, crop) float32, label () int32, video () int32, row () int64.
+    """
+    encoded, label, video, frame_idx, crop_xy, row, *size = _source_node(
+        source, source.num_outputs, py_workers, prefetch)
+    frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu")  # (F, H, W, C)
+    # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (DESIGN.md).
+    frames = fn.sequence_rearrange(frames, new_order=frame_idx)  # (N*T, H, W, C)
+    x = augment(frames, crop=crop, crop_xy=crop_xy, size=size[0] if size else None,
+                standardization=standardization)  # (C, N*T, crop, crop)
+    x = fn.reshape(x, shape=[3, num_clips, clip_len, crop, crop], layout="")  # (C,N*T,H,W) -> (C,N,T,H,W)
+    x = fn.transpose(x, perm=[1, 0, 2, 3, 4])  # (C,N,T,H,W) -> (N,C,T,H,W)
+    return x, label, video, row

@@ -1,0 +1,226 @@
+"""The one place the data loaders are built: config section + (rank, world_size, local_rank, device).
+
+Usage in the trainer (order matters with the forked source workers, see graphs.py):
+
+    train_loader = make_train_loader(cfg.data.train, rank, world_size, local_rank, device)
+    eval_loader = make_eval_loader(cfg.data.eval, rank, world_size, local_rank, device)
+    # ... only now touch CUDA: dist.init_process_group("nccl"), model.to(device), ...
+    train_loader.load_state_dict(ckpt["loader_state"])       # before the first iteration
+    for epoch in range(train_loader.epoch, epochs):
+        for batch in train_loader:                           # the rest of the current epoch
+            loss = step(batch["clips"], batch["labels"])     # (B, C, T, H, W), (B,)
+        for batch in eval_loader:                            # every video once over all ranks
+            keep = batch["video"] >= 0                       # drop the padding entries
+"""
+
+from __future__ import annotations
+
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from dali_pipelines.config import EvalDataConfig, TrainDataConfig
+from dali_pipelines.graphs import EvalSource, TrainSource, eval_graph, train_graph
+from dali_pipelines.sampler import EvalSampler, TrainSampler
+from dali_pipelines.shards import load_shards
+
+
+def resolve_device(cfg_device: str, device: torch.device | str) -> str:
+    """'cpu' or 'gpu' for the graphs from the config's choice and the rank's torch device.
+
+    'auto' follows the trainer's device instead of calling torch.cuda.is_available(): that call
+    can initialise CUDA, after which forking the source workers is unsafe.
+
+    >>> resolve_device("auto", "cuda:1"), resolve_device("auto", "cpu")
+    ('gpu', 'cpu')
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    if cfg_device == "auto":
+        return "gpu" if on_cuda else "cpu"
+    if cfg_device == "gpu" and not on_cuda:
+        raise ValueError("data device 'gpu' needs a CUDA torch device for the batches; got "
+                         f"{device!r} (set device: auto or cpu)")
+    return cfg_device
+
+
+def _pipeline_kwargs(cfg, graph_device: str, local_rank: int) -> dict:
+    return dict(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                device_id=local_rank if graph_device == "gpu" else None,
+                prefetch_queue_depth=cfg.prefetch, py_num_workers=max(cfg.py_workers, 1),
+                py_start_method="fork", device=graph_device, py_workers=cfg.py_workers,
+                prefetch=cfg.prefetch)
+
+
+class _Loader:
+    """Shared mechanics: lazy build at the first iteration, conversion to torch on `device`."""
+
+    names: tuple[str, ...]
+
+    def __init__(self, pipe, source, device: torch.device | str, py_workers: int):
+        self.pipe, self.source = pipe, source
+        self.device = torch.device(device)
+        self._iter = None
+        if py_workers > 0:
+            # Forks the workers now, while CUDA is (should be) still untouched.
+            pipe.start_py_workers()
+
+    def _next(self) -> dict[str, torch.Tensor]:
+        if self._iter is None:
+            # Building runs the first batches (prefetch), so the offset must be final by now.
+            self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
+        out = next(self._iter)[0]
+        return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+
+    @property
+    def started(self) -> bool:
+        return self._iter is not None
+
+
+class TrainLoader(_Loader):
+    """Training batches, one epoch per `for` loop, resumable to the exact batch.
+
+    Yields dicts of tensors on the rank's device:
+        clips (B, C, T, H, W) float32, labels (B,) int64, index (B,) int64 = shard-table rows (name
+        a sample with `loader.keys(index)`), and for debugging start (B,) (first frame of the window
+        in the stored segment), crop_x, crop_y (B,) (top-left of the crop) and flip (B,) bool.
+
+    `for batch in loader` yields the batches left in the current epoch: 10 steps per epoch,
+    restored at position 23 -> the first loop yields 7 batches (epoch 2), then 10 per loop.
+    """
+
+    names = ("clips", "labels", "index", "start", "crop", "flip")
+
+    def __init__(self, cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
+                 device: torch.device | str):
+        self.cfg = cfg
+        self.table = load_shards(cfg.shards, split="train")
+        self.sampler = TrainSampler(
+            self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
+            clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
+            flip=cfg.flip, epoch_clips=cfg.epoch_clips)
+        graph_device = resolve_device(cfg.device, device)
+        source = TrainSource(self.table, self.sampler)
+        pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
+                           standardization=cfg.standardization,
+                           **_pipeline_kwargs(cfg, graph_device, local_rank))
+        super().__init__(pipe, source, device, cfg.py_workers)
+        self.position = 0  # batches consumed since the stream began (all epochs)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch: `epoch_clips // (batch_size * world_size)`."""
+        return self.sampler.steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to."""
+        return self.position // self.steps_per_epoch
+
+    def keys(self, index: torch.Tensor) -> list[str]:
+        """Sample keys of the table rows in a batch's `index` (for error messages)."""
+        return [str(self.table.columns["keys"][int(i)]) for i in index.tolist()]
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue the same stream."""
+        return {"position": self.position, "seed": self.cfg.seed,
+                "global_batch": self.sampler.global_batch, "epoch_clips": self.sampler.epoch_clips}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at `state["position"]`; call before the first iteration.
+
+        The stream is defined per global batch, so a different world size with the same global
+        batch continues the same stream; a different seed, global batch or epoch size would not,
+        and is refused.
+        """
+        if self.started:
+            raise RuntimeError("load_state_dict() must come before the loader's first iteration "
+                               "(the pipeline has already prefetched from the old position)")
+        mine = self.state_dict()
+        for k in ("seed", "global_batch", "epoch_clips"):
+            if k in state and state[k] != mine[k]:
+                raise ValueError(f"loader state has {k}={state[k]} but this loader has {mine[k]}: "
+                                 "the saved stream cannot be continued")
+        self.position = int(state["position"])
+        self.source.offset = self.position * self.cfg.batch_size
+
+    def __iter__(self):
+        if not self.started:
+            self.source.offset = self.position * self.cfg.batch_size
+        for _ in range(self.steps_per_epoch - self.position % self.steps_per_epoch):
+            out = self._next()
+            self.position += 1
+            crop = out.pop("crop")
+            yield {"clips": out["clips"], "labels": out["labels"].long(), "index": out["index"],
+                   "start": out["start"], "crop_x": crop[:, 0], "crop_y": crop[:, 1],
+                   "flip": out["flip"].bool()}
+
+
+class EvalLoader(_Loader):
+    """Evaluation batches: each `for` loop is one pass over this rank's share of the videos.
+
+    Yields dicts: clips (B, N, C, T, H, W) float32, labels (B,) int64, video (B,) int64 (video
+    index; -1 marks padding, drop it), index (B,) int64 (shard-table rows). Every rank yields
+    `len(loader)` batches, so collective ops stay in step; over all ranks every video appears
+    exactly once with video >= 0.
+    """
+
+    names = ("clips", "labels", "video", "index")
+
+    def __init__(self, cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
+                 device: torch.device | str):
+        self.cfg = cfg
+        self.table = load_shards(cfg.shards, split="eval")
+        self.sampler = EvalSampler(
+            self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size,
+            num_clips=cfg.num_clips, clip_len=cfg.clip_len, stride=cfg.stride,
+            clip_positions=cfg.clip_positions, seed=cfg.seed, crop=cfg.crop,
+            resize_short=cfg.resize_short)
+        graph_device = resolve_device(cfg.device, device)
+        source = EvalSource(self.table, self.sampler)
+        pipe = eval_graph(source, num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop,
+                          standardization=cfg.standardization,
+                          **_pipeline_kwargs(cfg, graph_device, local_rank))
+        super().__init__(pipe, source, device, cfg.py_workers)
+        self._consumed = 0  # batches taken from the pipeline (all passes)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    @property
+    def classes(self) -> list[dict]:
+        """The manifest's classes: [{label, name, text}]."""
+        return self.table.info["classes"]
+
+    def __iter__(self):
+        # Always whole passes: the source's stream repeats every pass, so the batches the pipeline
+        # prefetched past the end are the next pass's first ones. A pass left early (break) is
+        # run to its end first, so the next pass starts at its first video again.
+        for _ in range(-self._consumed % len(self)):
+            self._next()
+            self._consumed += 1
+        for _ in range(len(self)):
+            out = self._next()
+            self._consumed += 1
+            yield {"clips": out["clips"], "labels": out["labels"].long(),
+                   "video": out["video"].long(), "index": out["index"]}
+
+
+def make_train_loader(cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
+                      device: torch.device | str) -> TrainLoader:
+    """Build the training loader of one rank (validates the shards first).
+
+    Args:
+        cfg: the training data section.
+        rank, world_size: global rank and number of ranks (the stream is split by global rank).
+        local_rank: the GPU index on this node (DALI's device_id).
+        device: the rank's torch device; batches are delivered there and 'auto' follows it.
+    """
+    return TrainLoader(cfg, rank, world_size, local_rank, device)
+
+
+def make_eval_loader(cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
+                     device: torch.device | str) -> EvalLoader:
+    """Build the evaluation loader of one rank; see `make_train_loader` for the arguments."""
+    return EvalLoader(cfg, rank, world_size, local_rank, device)

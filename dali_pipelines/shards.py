@@ -1,0 +1,210 @@
+"""Read a shard set (sharding/FORMAT.md, format_version 1) into one validated sample table.
+
+Everything is checked before a pipeline is built, so a broken or unfinished build fails at start-up
+with the file's name instead of hours into training inside a DALI worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+# Columns of `{split}-NNNNNN.samples.json` that the loaders use, with their numpy dtypes.
+_INT_COLUMNS = ("labels", "num_frames", "video_num_frames", "first_frame", "segment", "own_start",
+                "own_count", "width", "height", "offset", "size")
+_STR_COLUMNS = ("keys", "video_ids")
+
+_REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes and redoes "
+            "missing shards) or rebuild with --overwrite")
+
+
+class ShardError(Exception):
+    """A shard set that cannot be read; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class ShardTable:
+    """All samples of a shard set, one row per sample, in manifest order.
+
+    Attributes:
+        root: the directory holding `_info.json`.
+        info: the parsed manifest.
+        tar_paths: absolute path of each shard's tar (index = `shard` column).
+        columns: numpy columns of length `num_samples`: the FORMAT.md table columns (int64 / str)
+            plus `shard` (int64, index into `tar_paths`).
+        video_ptr, video_rows: train grouping in CSR form: the rows of video v (its segments in
+            frame order) are `video_rows[video_ptr[v]:video_ptr[v + 1]]`. For an eval set each
+            video is one row.
+    """
+
+    root: Path
+    info: dict
+    tar_paths: list[str]
+    columns: dict[str, np.ndarray]
+    video_ptr: np.ndarray
+    video_rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.columns["keys"])
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray], info: dict, root: Path | str = ".",
+                     tar_paths: list[str] | None = None) -> "ShardTable":
+        """A table from in-memory columns (the samplers need no files: used by their tests)."""
+        columns = {k: np.asarray(v) for k, v in columns.items()}
+        columns.setdefault("shard", np.zeros(len(columns["keys"]), dtype=np.int64))
+        video_ptr, video_rows = _group_by_video(columns)
+        return cls(Path(root), info, list(tar_paths or []), columns, video_ptr, video_rows)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_ptr) - 1
+
+    @property
+    def clip_span(self) -> int:
+        """Frames a window covers in the build's segment plan (windows never cross a segment)."""
+        return int(self.info["encoding"]["clip_span"])
+
+    def video_first_rows(self) -> np.ndarray:
+        """The first row of each video: its label / frame count / size source."""
+        return self.video_rows[self.video_ptr[:-1]]
+
+    def read(self, row: int) -> bytes:
+        """The encoded video bytes of one row (one `seek` + `read`; no tar parsing)."""
+        with open(self.tar_paths[int(self.columns["shard"][row])], "rb") as f:
+            f.seek(int(self.columns["offset"][row]))
+            return f.read(int(self.columns["size"][row]))
+
+
+def _fail(path: Path | str, what: str, fix: str = _REBUILD) -> ShardError:
+    return ShardError(f"{path}: {what}; {fix}")
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise _fail(path, "missing")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise _fail(path, f"unreadable ({e})") from e
+
+
+def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable:
+    """Read and validate a shard set.
+
+    Args:
+        path: a shard directory or its `_info.json`.
+        split: 'train' or 'eval' to require that split; None accepts either.
+
+    Returns:
+        The validated `ShardTable`.
+
+    Raises:
+        ShardError: naming the offending file: a missing `_info.json` (an unfinished build), a
+            missing tar / index / samples table, a tar whose size differs from the manifest, a table
+            whose row count or columns differ from the manifest, a byte range past the tar's end,
+            an empty shard list, or a wrong format version / split.
+    """
+    path = Path(path)
+    info_path = path if path.name == "_info.json" else path / "_info.json"
+    if not info_path.is_file():
+        raise _fail(info_path, "missing (no shard set here, or its build never finished: the "
+                    "manifest is written last)",
+                    "point `shards` at the build's output directory, or " + _REBUILD)
+    info = _load_json(info_path)
+    root = info_path.parent
+    if info.get("format_version") != FORMAT_VERSION:
+        raise _fail(info_path, f"format_version {info.get('format_version')!r}, this reader knows "
+                    f"{FORMAT_VERSION}", "rebuild the shards with this version of sharding.build")
+    if split is not None and info.get("split") != split:
+        raise _fail(info_path, f"split is {info.get('split')!r} but {split!r} shards are needed",
+                    f"build them with `python -m sharding.build --split {split}`")
+    shards = info.get("shards") or []
+    if not shards:
+        raise _fail(info_path, "the manifest lists no shards (no video was stored; see its `errors`)",
+                    "check the build's input and errors, then rebuild")
+
+    tar_paths, parts = [], []
+    for s_idx, shard in enumerate(shards):
+        tar, idx, table_path = (root / shard[k] for k in ("path", "index", "table"))
+        for p, what in ((tar, "tar shard"), (idx, "DALI index"), (table_path, "samples table")):
+            if not p.is_file():
+                raise _fail(p, f"{what} listed in {info_path.name} is missing")
+        tar_size = tar.stat().st_size
+        if tar_size != shard["bytes"]:
+            raise _fail(tar, f"size {tar_size} bytes, the manifest says {shard['bytes']} "
+                        "(truncated or replaced after the build; verify sha256 in _info.json)")
+        table = _load_json(table_path)
+        missing = [c for c in _INT_COLUMNS + _STR_COLUMNS if c not in table]
+        if missing:
+            raise _fail(table_path, f"columns {missing} missing")
+        lengths = {c: len(table[c]) for c in _INT_COLUMNS + _STR_COLUMNS}
+        if len(set(lengths.values())) != 1:
+            raise _fail(table_path, f"columns of unequal length {lengths}")
+        n = lengths["keys"]
+        if n != shard["num_samples"]:
+            raise _fail(table_path, f"{n} rows, the manifest says {shard['num_samples']}")
+        part = {c: np.asarray(table[c], dtype=np.int64) for c in _INT_COLUMNS}
+        part.update({c: np.asarray(table[c], dtype=str) for c in _STR_COLUMNS})
+        if n and int((part["offset"] + part["size"]).max()) > tar_size:
+            raise _fail(table_path, "a sample's byte range ends past the end of its tar")
+        part["shard"] = np.full(n, s_idx, dtype=np.int64)
+        tar_paths.append(str(tar.resolve()))
+        parts.append(part)
+
+    columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    n = len(columns["keys"])
+    if n != info.get("num_samples"):
+        raise _fail(info_path, f"shards hold {n} samples, the manifest says {info.get('num_samples')}")
+    if n == 0:
+        raise _fail(info_path, "the shards hold no samples", "check the build's input, then rebuild")
+
+    video_ptr, video_rows = _group_by_video(columns)
+    if len(video_ptr) - 1 != info.get("num_videos"):
+        raise _fail(info_path, f"shards hold {len(video_ptr) - 1} videos, the manifest says "
+                    f"{info.get('num_videos')}")
+    _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
+    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows)
+
+
+def _group_by_video(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR grouping of rows by video id, videos in order of first appearance, segments in frame order.
+
+    Example: video ids [a, b, a] with first_frame [35, 0, 0] -> video_ptr [0, 2, 3],
+    video_rows [2, 0, 1] (video a = rows 2 then 0, video b = row 1).
+    """
+    ids = columns["video_ids"]
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    # Renumber videos by first appearance so the order follows the shards, not the ids' spelling.
+    rank_of_unique = np.argsort(np.argsort(first))
+    video = rank_of_unique[inverse]
+    rows = np.lexsort((columns["first_frame"], video))
+    counts = np.bincount(video, minlength=len(first))
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ptr, rows.astype(np.int64)
+
+
+def _check_ownership(columns, video_ptr, video_rows, clip_span, info_path) -> None:
+    """Each video's segments must own its window starts contiguously from 0 (FORMAT.md)."""
+    own_lo = columns["first_frame"][video_rows] + columns["own_start"][video_rows]
+    own_hi = own_lo + columns["own_count"][video_rows]
+    starts = video_ptr[:-1]
+    ends = video_ptr[1:] - 1
+    ok = own_lo[starts] == 0
+    # A segment's owned starts begin where the previous segment's end (within one video).
+    inner = np.ones(len(video_rows), dtype=bool)
+    inner[starts] = False
+    ok_inner = own_lo[inner] == own_hi[np.flatnonzero(inner) - 1]
+    vnf = columns["video_num_frames"][video_rows]
+    # ... and the last one must end at the video's last start, W = max(F - span + 1, 1).
+    if not (ok.all() and ok_inner.all()
+            and (own_hi[ends] == np.maximum(vnf[ends] - clip_span + 1, 1)).all()):
+        raise _fail(info_path, "segments do not partition their videos' window starts "
+                    "(mixed or corrupted builds)")
