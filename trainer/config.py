@@ -27,6 +27,7 @@ class RunConfig(_Section):
     log_every: int = Field(10, gt=0)  # steps between console lines and TensorBoard scalars
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are deterministic anyway)
     threads: int | None = Field(None, gt=0)  # torch intra-op threads per rank; None = torch's default
+    sample_log: bool = False  # each rank appends the sample keys of every step to samples/rank<r>.jsonl
 
 
 class DataConfig(_Section):

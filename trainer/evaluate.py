@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) < 1 or len(ckpt) != 1:
         print("usage: python -m trainer.evaluate CONFIG checkpoint=PATH [key=value ...]", file=sys.stderr)
         return 2
-    from trainer.main import run  # the same set-up as training: loaders, embeddings, model
+    from trainer.main import main as trainer_main
 
     rest = [a for a in argv if not a.startswith("checkpoint=")]
-    return run(rest[0], rest[1:], eval_only=True, checkpoint=ckpt[0].split("=", 1)[1])
+    return trainer_main([*rest, "--eval-only", f"--checkpoint={ckpt[0].split('=', 1)[1]}"])
 
 
 if __name__ == "__main__":

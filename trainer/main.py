@@ -10,6 +10,7 @@ command resumes from the newest checkpoint in run.out_dir and continues the same
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -32,7 +33,8 @@ from trainer.checkpoint import backbone_state_from, latest_checkpoint, load_chec
 from trainer.config import ConfigError, TrainConfig, load_config, lr_at
 from trainer.distributed import (any_rank, broadcast_object, dist_env, init_process_group, is_dist,
                                  mean_over_ranks, pick_device, print0, all_gather_objects)
-from trainer.embeddings import class_embeddings
+from dali_pipelines.shards import ShardError, load_shards
+from trainer.embeddings import MissingWordsError, StaleCacheError, class_embeddings
 from trainer.evaluate import TestSet, evaluate_set, write_results
 from trainer.model import build_model
 
@@ -62,7 +64,10 @@ def embed_all(cfg: TrainConfig, texts: list[str], rank: int) -> np.ndarray:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    # numpy's state as tensors and numbers, so checkpoints load with weights_only=True
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -70,7 +75,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -110,7 +116,6 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     init_process_group(device, world_size)
 
     # ---------------------------------------------------------------- classes and their embeddings
-    from dali_pipelines.shards import load_shards
     train_classes = (train_loader.table.info if train_loader else load_shards(cfg.data.train.shards).info)["classes"]
     test_classes = [next(iter(loaders.values())).classes for loaders in test_loaders]
     for ts, classes in zip(cfg.eval.sets, test_classes):
@@ -148,14 +153,16 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
             train_loader.load_state_dict(ckpt["loader_state"])
             set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
-        print0(f"resumed from {ckpt_path} (step {step}, epoch {start_epoch})")
+        print0(f"{'loaded' if eval_only else 'resumed from'} {ckpt_path} (step {step}, epoch {start_epoch})")
     elif eval_only:
         print0(f"error: no checkpoint in {out_dir / 'checkpoints'} to evaluate; pass checkpoint=PATH")
         return 2
 
     writer = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.run.sample_log:
+        (out_dir / "samples").mkdir(exist_ok=True)
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
@@ -174,9 +181,11 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
 
     def save(epoch: int) -> Path:
         rngs = all_gather_objects(rng_state())
+        # every rank's parameter checksum: DDP keeps them equal, and a checkpoint says so
+        checksums = all_gather_objects(float(sum(p.double().sum().item() for p in model.parameters())))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "epoch": epoch, "rng": rngs, "loader_state": train_loader.state_dict(),
-                 "config": cfg.model_dump(mode="json")}
+                 "config": cfg.model_dump(mode="json"), "param_checksums": checksums}
         path = out_dir / "checkpoints" / f"ckpt_{step:07d}.pt"
         if is_main:
             path = save_checkpoint(out_dir, step, state, cfg.checkpoint.keep_last)
@@ -231,12 +240,19 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
                 keys = train_loader.keys(batch["index"])
                 raise TrainingError(
                     f"loss is {loss_all.item()} at step {step + 1} (epoch {epoch + 1}); this rank's batch: "
-                    f"{keys[:8]}{' ...' if len(keys) > 8 else ''}. Last good checkpoint: {last_ckpt}. "
-                    "Lower optim.lr or set optim.grad_clip, check those samples (python -m dali_pipelines.dump), "
-                    "then re-run the same command to resume from that checkpoint.")
+                    f"{keys[:8]}{' ...' if len(keys) > 8 else ''}. Last good checkpoint: {last_ckpt} (the newest "
+                    f"written before this step; older ones are in {out_dir / 'checkpoints'}). Lower optim.lr or "
+                    "set optim.grad_clip, inspect those samples (python -m dali_pipelines.dump), then re-run the "
+                    "same command to resume from the newest checkpoint (delete newer ones to go further back).")
             optimizer.step()
             step += 1
             n_window += 1
+            if cfg.run.sample_log:
+                with open(out_dir / "samples" / f"rank{rank}.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "keys": train_loader.keys(batch["index"])}) + "\n")
+            if is_main:
+                with open(out_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss_all.item(), "lr": lr}) + "\n")
             if step % cfg.run.log_every == 0 and is_main:
                 dt = time.time() - t_window
                 clips_s = n_window * cfg.data.global_batch / dt
@@ -274,13 +290,15 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     eval_only = "--eval-only" in argv
-    argv = [a for a in argv if a != "--eval-only"]
+    ckpt = [a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint=")]
+    argv = [a for a in argv if a != "--eval-only" and not a.startswith("--checkpoint=")]
     if not argv or argv[0].startswith("-"):
-        print("usage: trainer/main.py CONFIG [key=value ...] [--eval-only]", file=sys.stderr)
+        print("usage: trainer/main.py CONFIG [key=value ...] [--eval-only [--checkpoint=PATH]]", file=sys.stderr)
         return 2
     try:
-        return run(argv[0], argv[1:], eval_only=eval_only)
-    except TrainingError as e:
+        return run(argv[0], argv[1:], eval_only=eval_only or bool(ckpt), checkpoint=ckpt[0] if ckpt else None)
+    except (TrainingError, ShardError, StaleCacheError, MissingWordsError, FileNotFoundError, ValueError) as e:
+        # faults with a message that says what to do: no traceback, a non-zero exit on every rank
         print(f"error (rank {os.environ.get('RANK', 0)}): {e}", file=sys.stderr, flush=True)
         return 3
     finally:

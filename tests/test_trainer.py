@@ -1,0 +1,182 @@
+"""The trainer for real: torchrun with 2 gloo processes on tiny shards, DALI CPU graphs, a real
+word-vectors file; resume equality, NaN stop, clear errors before step 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sharding.build import main as build_main
+from trainer.evaluate import topk_accuracy
+from videos import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TRAIN_CLASSES = ["red_circle_rising", "blue_square_falling", "green_triangle_growing"]
+TEST_CLASSES = ["red_square_falling", "blue_circle_growing"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer_data")
+    for split, classes in (("train", TRAIN_CLASSES), ("test", TEST_CLASSES)):
+        for k, c in enumerate(classes):
+            for i in range(3):
+                write_video(root / split / c / f"{c}_{i}.mp4", num_frames=20 + 6 * i + k)
+    common = ["--workers", "0", "--quiet", "--clip-span", "8"]
+    assert build_main(["--input", str(root / "train"), "--layout", "folders", "--split", "train",
+                       "--out", str(root / "shards_train"), "--segment-frames", "16", *common]) == 0
+    assert build_main(["--input", str(root / "test"), "--layout", "folders", "--split", "eval",
+                       "--out", str(root / "shards_test"), *common]) == 0
+    assert build_main(["--input", str(root / "train"), "--layout", "folders", "--split", "eval",
+                       "--out", str(root / "shards_leak"), *common]) == 0  # training classes as a "test" set
+    return root
+
+
+def make_config(shards: Path, out: Path, **over) -> Path:
+    cfg = {
+        "run": {"out_dir": str(out), "log_every": 1, "threads": 1, "sample_log": True},
+        "data": {"global_batch": 4, "train": {"shards": str(shards / "shards_train"), "clip_len": 4, "crop": 32,
+                                              "resize_short": 40, "epoch_clips": 8, "num_threads": 1,
+                                              "py_workers": 1}},
+        "eval": {"every_epochs": 1, "quick_clips": 1, "clips": 2, "batch_size": 2, "num_threads": 1,
+                 "py_workers": 0, "sets": [{"name": "unseen", "shards": str(shards / "shards_test"),
+                                            "generalized": True}]},
+        "embeddings": {"vectors": str(REPO / "sharding" / "data" / "demo_vectors.vec")},
+        "model": {"backbone": "custom", "widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]},
+        "optim": {"epochs": 3, "lr": 0.01, "lr_milestones": [2]},
+        "checkpoint": {"every_steps": 1, "keep_last": 10},
+    }
+    for key, value in over.items():
+        node = cfg
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def torchrun(config: Path, *extra, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, str(REPO / "trainer" / "main.py"), str(config), *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["step"]] = r["loss"]  # a step redone after a kill: the last value counts
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    r = torchrun(make_config(shards, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_two_ranks_train_evaluate_and_log(full_run):
+    out, r = full_run
+    # DDP kept the ranks' parameters identical at every checkpoint
+    for ck in sorted((out / "checkpoints").glob("ckpt_*.pt")):
+        state = torch.load(ck, weights_only=True)
+        assert len(state["param_checksums"]) == 2 and state["param_checksums"][0] == state["param_checksums"][1]
+        assert state["config"]["data"]["global_batch"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").glob("ckpt_*.pt"))[-1] == "ckpt_0000006.pt"
+    # the ranks saw disjoint videos in every epoch (2 steps per epoch)
+    seen = [[json.loads(x) for x in (out / "samples" / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)]
+    assert [len(s) for s in seen] == [6, 6]
+    for epoch in range(3):
+        vids = [{key.rsplit("_s", 1)[0] for row in s[2 * epoch:2 * epoch + 2] for key in row["keys"]} for s in seen]
+        assert len(vids[0]) == len(vids[1]) == 4 and not vids[0] & vids[1]
+    # metrics.jsonl agrees with the npz it points at
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["epoch"], r["clips"], r["protocol"]) for r in rows} >= {
+        (1, 1, "all_classes"), (2, 1, "all_classes"), (3, 2, "all_classes"), (3, 2, "generalized")}
+    for row in rows:
+        z = np.load(out / "eval" / f"unseen_e{row['epoch']}.npz")
+        assert row["n_videos"] == len(z["labels"]) == 6 and sorted(z["video"].tolist()) == list(range(6))
+        assert list(z["class_names"]) == sorted(TEST_CLASSES)
+        if row["protocol"] == "all_classes" and row["clips"] == 2:
+            assert row["top1"] == pytest.approx(topk_accuracy(z["pred"], z["labels"], z["class_emb"])["top1"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["epochs"] == 3
+    # TensorBoard has the scalars and the per-class picture
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(out / "tb"))
+    ea.Reload()
+    assert {"train/loss", "train/lr", "train/clips_per_s", "train/data_wait_fraction",
+            "eval/unseen/all_classes/top1", "eval/unseen/generalized/top1"} <= set(ea.Tags()["scalars"])
+    assert "eval/unseen/per_class_top1" in ea.Tags()["images"]
+    assert [e.value for e in ea.Scalars("train/lr")] == pytest.approx([0.01] * 4 + [0.001] * 2)
+
+
+def test_kill_and_resume_gives_the_same_losses(full_run, shards, tmp_path):
+    reference = losses(full_run[0])
+    out = tmp_path / "killed"
+    cfg = make_config(shards, out, **{"checkpoint.every_steps": 100})  # only the signal writes one mid-epoch
+    proc = subprocess.Popen([*TORCHRUN, str(REPO / "trainer" / "main.py"), str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped by signal" in text, text[:3000] + "\n...\n" + text[-3000:]
+    stopped_at = max(losses(out))
+    assert 3 <= stopped_at < 6
+    r = torchrun(cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    resumed = losses(out)
+    assert sorted(resumed) == list(range(1, 7))
+    assert resumed == reference  # bit-identical losses at every step, before and after the stop
+
+
+def test_evaluate_cli_on_a_checkpoint(full_run):
+    out, _ = full_run
+    before = len((out / "metrics.jsonl").read_text().splitlines())
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(out.parent / "full.yaml"),
+                        f"checkpoint={out / 'checkpoints' / 'ckpt_0000006.pt'}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][before:]
+    assert {r["protocol"] for r in rows} == {"all_classes", "generalized"} and rows[0]["clips"] == 2
+
+
+def test_nan_loss_stops_with_step_keys_and_checkpoint(shards, tmp_path):
+    cfg = make_config(shards, tmp_path / "nan", **{"optim.lr": 1e30})
+    r = torchrun(cfg)
+    assert r.returncode != 0
+    assert "loss is nan" in r.stderr or "loss is inf" in r.stderr
+    assert "this rank's batch: [" in r.stderr and "_s0" in r.stderr and "Last good checkpoint" in r.stderr
+
+
+def test_clear_errors_before_step_one(shards, tmp_path):
+    missing = make_config(shards, tmp_path / "m", **{"data.train.shards": str(tmp_path / "no_shards")})
+    r = subprocess.run([sys.executable, str(REPO / "trainer" / "main.py"), str(missing)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode != 0 and "no_shards" in r.stderr and "Traceback" not in r.stderr
+    overlap = make_config(shards, tmp_path / "o", **{"eval.sets": [{"name": "leak", "shards": str(shards / "shards_leak")}]})
+    r = subprocess.run([sys.executable, str(REPO / "trainer" / "main.py"), str(overlap)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode != 0 and "shares 3 classes with the training set" in r.stderr
+    assert not (tmp_path / "o" / "train_log.jsonl").exists()
+    typo = make_config(shards, tmp_path / "t", **{"optim.lr_milstones": [1]})
+    r = subprocess.run([sys.executable, str(REPO / "trainer" / "main.py"), str(typo)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "optim.lr_milstones: unknown key" in r.stdout + r.stderr
