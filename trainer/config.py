@@ -45,7 +45,7 @@ class DataConfig(_Section):
 class TestSetConfig(_Section):
     name: str  # the name in metrics.jsonl, TensorBoard and eval/<name>_e<epoch>.npz (ucf101, hmdb51, ...)
     shards: str  # a `--split eval` shard folder or its _info.json
-    generalized: bool = False  # also rank against the training classes (generalized zero-shot)
+    generalized: bool = False  # also rank against every other class of the run, training and test (generalized zero-shot)
     seen: bool = False  # classes that were trained on (seen-class accuracy): skips the overlap check
 
 
@@ -80,7 +80,7 @@ class ModelConfig(_Section):
     widths: list[int] | None = None  # custom backbone: channels of layer1..4
     layers: list[int] | None = None  # custom backbone: blocks per layer
     dropout: float = Field(0.05, ge=0, lt=1)  # before the regressor (the paper: 0.05)
-    init: str | None = None  # backbone weights: a torchvision r2plus1d_18 state_dict or one of our checkpoints
+    init: str | None = None  # backbone weights: a torchvision r2plus1d_18 state_dict, one of our checkpoints, or a run folder (its newest checkpoint)
     channels_last: bool = False  # torch.channels_last_3d memory format (GPU)
     compile: bool = False  # torch.compile the model
 

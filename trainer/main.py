@@ -125,18 +125,30 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     all_emb = embed_all(cfg, list(dict.fromkeys(texts)), rank)
     row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
     train_emb = all_emb[[row[c["text"]] for c in train_classes]]
-    test_sets = [TestSet(ts.name, loaders, [c["name"] for c in classes], [c["text"] for c in classes],
-                         all_emb[[row[c["text"]] for c in classes]], train_emb if ts.generalized else None, ts.seen)
-                 for ts, loaders, classes in zip(cfg.eval.sets, test_loaders, test_classes)]
+    test_sets = []
+    for ts, loaders, classes in zip(cfg.eval.sets, test_loaders, test_classes):
+        own = {c["text"] for c in classes}
+        # generalized: compete with every other class of the run (training and all test sets)
+        extra = [i for t, i in row.items() if t not in own]
+        test_sets.append(TestSet(ts.name, loaders, [c["name"] for c in classes], [c["text"] for c in classes],
+                                 all_emb[[row[c["text"]] for c in classes]],
+                                 all_emb[extra] if ts.generalized else None, ts.seen))
     train_targets = torch.from_numpy(train_emb).to(device)  # (num_classes, D)
 
     # ---------------------------------------------------------------- model and optimizer
     model = build_model(cfg.model.backbone, train_emb.shape[1], cfg.model.dropout, cfg.model.widths,
                         cfg.model.layers).to(device)
     if cfg.model.init:
-        missing, unexpected = model.backbone.load_state_dict(backbone_state_from(cfg.model.init), strict=False)
+        init_path = Path(cfg.model.init)
+        if init_path.is_dir():  # a run folder (two-stage recipes): its newest checkpoint
+            init_path = latest_checkpoint(init_path)
+            if init_path is None:
+                raise TrainingError(f"model.init {cfg.model.init} is a folder without checkpoints/ckpt_*.pt; "
+                                    "run that stage first or point model.init at a checkpoint file")
+        missing, unexpected = model.backbone.load_state_dict(backbone_state_from(init_path), strict=False)
         if missing or unexpected:
-            raise TrainingError(f"model.init {cfg.model.init}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise TrainingError(f"model.init {init_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        print0(f"model.init: backbone weights from {init_path}")
     if cfg.model.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
