@@ -43,6 +43,7 @@ class TrainDataConfig(_Section):
     py_workers: int = Field(2, ge=0)  # processes reading samples for the external source; 0 = in the main process
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
     epoch_clips: int | None = Field(None, gt=0)  # clips per epoch (over all ranks); None = number of training videos
+    pan_min_side: int | None = Field(None, gt=0)  # still-image shards: smallest pan/zoom window side; None = crop (the paper: 112)
 
 
 class EvalDataConfig(_Section):

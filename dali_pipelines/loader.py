@@ -20,8 +20,9 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
 from dali_pipelines.graphs import EvalSource, TrainSource, eval_graph, train_graph
+from dali_pipelines.images import ImageTrainSampler, ImageTrainSource, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
-from dali_pipelines.shards import load_shards
+from dali_pipelines.shards import ShardError, load_shards
 
 
 def resolve_device(cfg_device: str, device: torch.device | str) -> str:
@@ -93,15 +94,27 @@ class TrainLoader(_Loader):
                  device: torch.device | str):
         self.cfg = cfg
         self.table = load_shards(cfg.shards, split="train")
-        self.sampler = TrainSampler(
-            self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
-            clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
-            flip=cfg.flip, epoch_clips=cfg.epoch_clips)
         graph_device = resolve_device(cfg.device, device)
-        source = TrainSource(self.table, self.sampler)
-        pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
-                           standardization=cfg.standardization,
-                           **_pipeline_kwargs(cfg, graph_device, local_rank))
+        if is_image_set(self.table.info):
+            # still images (sharding.build --layout images): camera-motion pseudo-videos; stride
+            # and resize_short do not apply (dali_pipelines/images.py)
+            self.sampler = ImageTrainSampler(
+                self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
+                clip_len=cfg.clip_len, crop=cfg.crop, min_side=cfg.pan_min_side, flip=cfg.flip,
+                epoch_clips=cfg.epoch_clips)
+            source = ImageTrainSource(self.table, self.sampler)
+            pipe = image_train_graph(source, clip_len=cfg.clip_len, crop=cfg.crop,
+                                     standardization=cfg.standardization,
+                                     **_pipeline_kwargs(cfg, graph_device, local_rank))
+        else:
+            self.sampler = TrainSampler(
+                self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
+                clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
+                flip=cfg.flip, epoch_clips=cfg.epoch_clips)
+            source = TrainSource(self.table, self.sampler)
+            pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
+                               standardization=cfg.standardization,
+                               **_pipeline_kwargs(cfg, graph_device, local_rank))
         super().__init__(pipe, source, device, cfg.py_workers)
         self.position = 0  # batches consumed since the stream began (all epochs)
 
@@ -172,6 +185,9 @@ class EvalLoader(_Loader):
                  device: torch.device | str):
         self.cfg = cfg
         self.table = load_shards(cfg.shards, split="eval")
+        if is_image_set(self.table.info):
+            raise ShardError(f"{cfg.shards}: a still-image shard set (--layout images) cannot be an "
+                             "evaluation set; evaluate on videos")
         self.sampler = EvalSampler(
             self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size,
             num_clips=cfg.num_clips, clip_len=cfg.clip_len, stride=cfg.stride,

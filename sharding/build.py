@@ -30,6 +30,7 @@ from pathlib import Path
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
 from sharding.encode import CODECS, VideoError, decode, encode
+from sharding.images import process_image
 from sharding.layouts import LayoutError, VideoItem, list_inputs
 from sharding.segments import plan_segments
 from sharding.shardio import atomic_write_json, write_shard
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sharding.build", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, type=Path, help="dataset root (folders, kinetics) or CSV (list)")
-    p.add_argument("--layout", required=True, choices=["folders", "kinetics", "list"])
+    p.add_argument("--layout", required=True, choices=["folders", "kinetics", "list", "images"],
+                   help="images: still images (SUN397), one JPEG sample each (sharding/images.py)")
     p.add_argument("--split", required=True, choices=["train", "eval"],
                    help="train: overlapping segments per video; eval: one whole video per sample")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--split train: frames per stored segment (0: whole videos)")
     p.add_argument("--clip-span", type=int, default=16,
                    help="frames one training window covers ((clip_len-1)*stride+1); segments overlap by span-1")
+    p.add_argument("--image-min-side", type=int, default=172, help="--layout images: upscale smaller short sides to this")
+    p.add_argument("--image-max-side", type=int, default=512, help="--layout images: downscale larger short sides to this")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="--layout images: JPEG quality of the stored images")
     p.add_argument("--videos-per-shard", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the video order across shards")
     p.add_argument("--exclude-classes", type=Path, help="file of class names to leave out (one per line, # comments)")
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--segment-frames ({args.segment_frames}) must be >= --clip-span ({args.clip_span}) or 0")
     if not 0 <= args.part < args.num_parts:
         p.error(f"--part must be in [0, --num-parts), got {args.part} of {args.num_parts}")
+    if not 1 <= args.image_min_side <= args.image_max_side:
+        p.error(f"need 1 <= --image-min-side <= --image-max-side, got {args.image_min_side}, {args.image_max_side}")
     if args.videos_per_shard < 1:
         p.error("--videos-per-shard must be >= 1")
     return args
@@ -111,6 +118,8 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
         {"video_id", "samples": [(key, ext, bytes, meta)], "bytes_in", "short"} or
         {"video_id", "error": reason, "path"}.
     """
+    if opts.get("media") == "image":  # --layout images: one JPEG sample per still image
+        return process_image(item, label, opts)
     try:
         bytes_in = os.path.getsize(item.path) if os.path.exists(item.path) else 0
         video = decode(item.path, opts["short_side"], opts["fps"])
@@ -264,6 +273,9 @@ def build(args: argparse.Namespace) -> int:
 
     out = args.out
     identity = _identity(args, digest, classes)
+    if args.layout == "images":  # only for image builds: video builds keep their identity
+        identity["image"] = {"min_side": args.image_min_side, "max_side": args.image_max_side,
+                             "quality": args.jpeg_quality}
     _prepare_out(out, identity, args.overwrite)
     for tmp in out.glob("*.tmp"):  # leftovers of a killed run; the shard they belonged to is redone
         tmp.unlink()
@@ -281,7 +293,9 @@ def build(args: argparse.Namespace) -> int:
 
     opts = {"split": args.split, "short_side": args.short_side, "fps": args.fps, "codec": args.codec,
             "crf": args.crf, "speed": args.speed, "gop": args.gop, "clip_span": args.clip_span,
-            "segment_frames": args.segment_frames}
+            "segment_frames": args.segment_frames, "media": "image" if args.layout == "images" else "video",
+            "image_min_side": args.image_min_side, "image_max_side": args.image_max_side,
+            "jpeg_quality": args.jpeg_quality}
     jobs = [(items[i], label_of[items[i].class_name]) for j in todo for i in order[j * S:(j + 1) * S]]
     progress = Progress(len(jobs), args.quiet)
     results = _ordered_results(jobs, opts, args.workers)
@@ -323,6 +337,7 @@ def build(args: argparse.Namespace) -> int:
                      "short_side": args.short_side, "fps": args.fps, "pix_fmt": "yuv420p",
                      "segment_frames": (args.segment_frames or None) if args.split == "train" else None,
                      "clip_span": args.clip_span, "crf": args.crf, "speed": args.speed, "gop": args.gop},
+        "layout": args.layout,
         "part": {"index": args.part, "num_parts": args.num_parts},
         "build": {"command": [Path(sys.executable).name, "-m", "sharding.build"] + sys.argv[1:],
                   "version": __version__, "seed": args.seed, "videos_per_shard": S,
@@ -330,6 +345,11 @@ def build(args: argparse.Namespace) -> int:
         "errors": errors,
         "ignored": listing.ignored,
     }
+    if args.layout == "images":
+        # one-frame "videos": each image owns one window start (clip_span 1); FORMAT.md
+        info["encoding"] = {"media": "image", "codec": "jpeg", "ext": "jpg", "container": "jpeg",
+                            "min_short_side": args.image_min_side, "max_short_side": args.image_max_side,
+                            "quality": args.jpeg_quality, "segment_frames": None, "clip_span": 1}
     atomic_write_json(out / "_info.json", info)
 
     dt = time.time() - t0

@@ -1,12 +1,14 @@
 """Input layouts: turn a dataset's on-disk layout into a list of (video path, class name) items.
 
-Three layouts, chosen with `--layout`:
+Four layouts, chosen with `--layout`:
 
 - `folders`:  ROOT/<class_dir>/<video>   (UCF101: `ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi`,
   HMDB51: `brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi`)
 - `kinetics`: the official annotation CSV (`label,youtube_id,time_start,time_end,split`) plus a video
   folder with files named `<youtube_id>_<start:06d>_<end:06d>.<ext>`, flat or one folder per class.
 - `list`:     a CSV with a `path,label` header; relative paths are relative to the CSV's folder.
+- `images`:   still images, ROOT/<class>/<image> or SUN397's ROOT/<letter>/<class>/<image>
+  (sharding/images.py).
 
 Nothing here opens a video: a listed file that is missing or broken is reported by the builder in
 the manifest's `errors`, never dropped here.
@@ -187,8 +189,12 @@ def list_inputs(layout: str, input_path: Path, annotations: Path | None = None,
         if not input_path.is_file():
             raise LayoutError(f"--layout list needs a CSV file (path,label), got {input_path}")
         listing = list_csv(input_path)
+    elif layout == "images":
+        from sharding.images import list_images  # still images (SUN397); sharding/images.py
+
+        return list_images(input_path)
     else:
-        raise LayoutError(f"unknown --layout {layout!r}; use folders, kinetics or list")
+        raise LayoutError(f"unknown --layout {layout!r}; use folders, kinetics, list or images")
     if not listing.items:
         raise LayoutError(f"--input {input_path}: no video files found (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
     return listing

@@ -81,7 +81,7 @@ class ModelConfig(_Section):
     layers: list[int] | None = None  # custom backbone: blocks per layer
     dropout: float = Field(0.05, ge=0, lt=1)  # before the regressor (the paper: 0.05)
     init: str | None = None  # backbone weights: a torchvision r2plus1d_18 state_dict, one of our checkpoints, or a run folder (its newest checkpoint)
-    channels_last: bool = False  # torch.channels_last_3d memory format (GPU)
+    channels_last: bool = False  # torch.channels_last_3d memory format (faster convolutions on GPUs and, for narrow nets, on CPUs)
     compile: bool = False  # torch.compile the model
 
     @model_validator(mode="after")

@@ -149,7 +149,7 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
         if missing or unexpected:
             raise TrainingError(f"model.init {init_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         print0(f"model.init: backbone weights from {init_path}")
-    if cfg.model.channels_last and device.type == "cuda":
+    if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     amp_dtype = torch.bfloat16 if (cfg.optim.amp == "bf16" and device.type == "cuda") else None
@@ -238,7 +238,7 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
                 break
             wait_window += time.time() - t_wait
             clips, labels = batch["clips"], batch["labels"]
-            if cfg.model.channels_last and device.type == "cuda":
+            if cfg.model.channels_last:
                 clips = clips.contiguous(memory_format=torch.channels_last_3d)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = fwd(clips)  # (B, D) unit vectors

@@ -1,0 +1,207 @@
+"""Still images as pseudo-videos (the paper's SUN397 pretraining): a camera pan/zoom over one image.
+
+For each sample the sampler draws two square windows inside the stored image, a start and an end
+(side uniform in [min_side, min(W, H)], then the top-left corner uniform over the positions where the
+window fits). Frame t of the T-frame clip shows the window linearly interpolated between them,
+`w_t = w_start + t / (T - 1) * (w_end - w_start)` (sub-pixel: corners are floats), resized to
+crop x crop; then the video graphs' flip and standardization (graphs.augment) follow.
+
+Worked example, T = 3, start window x 0..120 (side 120), end window x 80..200: frame 1 shows
+x 40..160. A start equal to the end is a still zoom-in crop; a larger end than start zooms out.
+
+The paper's code (auxiliary_stillimages.py) differs in two ways, both on purpose: it draws the
+corner first and then a side that fits from that corner (so windows near the image's right/bottom
+edge are small), and it truncates the interpolated windows to whole pixels (a visible jitter at
+slow pans). Here sides are uniform, then positions, and windows move smoothly.
+
+Everything random is drawn in Python as a pure function of (seed, epoch, position), like the video
+sampler (sampler.py), so a loader restores to the exact batch. The per-frame windows reach DALI as
+a per-frame argument (`fn.per_frame`) of one `fn.warp_affine` over the T-frame sequence: no Python
+loop over frames.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from dali_pipelines.graphs import _Source, _source_node, augment
+from dali_pipelines.sampler import TrainSampler
+from dali_pipelines.shards import ShardTable
+
+
+def is_image_set(info: dict) -> bool:
+    """True for a shard set built with `sharding.build --layout images` (FORMAT.md)."""
+    return (info.get("encoding") or {}).get("media") == "image"
+
+
+class ImageDraw(NamedTuple):
+    """One pseudo-video: which image, its start and end windows, and the flip."""
+
+    row: int
+    video: int  # image index in the table's grouping
+    label: int
+    start: tuple[int, int, int]  # (x, y, side) of the first frame's window, stored-image pixels
+    end: tuple[int, int, int]  # (x, y, side) of the last frame's window
+    flip: bool
+    width: int  # stored image size
+    height: int
+
+
+def window_path(start, end, num_frames: int) -> np.ndarray:
+    """Per-frame windows of the linear pan/zoom from `start` to `end`.
+
+    Args:
+        start, end: (x, y, side) windows.
+        num_frames: T.
+
+    Returns:
+        (T, 3) float64: (x, y, side) of each frame's window; frame t covers x in [x, x + side) and
+        y in [y, y + side) of the stored image.
+
+    >>> window_path((0, 0, 120), (80, 10, 120), 3).tolist()
+    [[0.0, 0.0, 120.0], [40.0, 5.0, 120.0], [80.0, 10.0, 120.0]]
+    """
+    a = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    s, e = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    return s[None, :] + a[:, None] * (e - s)[None, :]
+
+
+def window_matrices(windows: np.ndarray, size: int) -> np.ndarray:
+    """(T, 2, 3) float32 destination-to-source affine maps for `fn.warp_affine`: output pixel
+    (u, v) of a size x size frame samples the image at (x + u * side / size, y + v * side / size),
+    where both sides are continuous coordinates (pixel centres at +0.5), so the output's edges fall
+    exactly on the window's edges.
+
+    >>> window_matrices(np.array([[10.0, 20.0, 64.0]]), 32).tolist()
+    [[[2.0, 0.0, 10.0], [0.0, 2.0, 20.0]]]
+    """
+    k = windows[:, 2] / size
+    m = np.zeros((len(windows), 2, 3), np.float32)
+    m[:, 0, 0] = m[:, 1, 1] = k
+    m[:, 0, 2], m[:, 1, 2] = windows[:, 0], windows[:, 1]
+    return m
+
+
+class ImageTrainSampler(TrainSampler):
+    """Maps a rank's sample number to an `ImageDraw`.
+
+    The stream is the video sampler's (same epoch order, same rank split, same `locate`), one
+    "video" per image; only the per-sample draw differs.
+
+    Args:
+        table: an image shard table (`is_image_set(table.info)`).
+        batch_size, rank, world_size, seed, flip, epoch_clips: as `TrainSampler`.
+        clip_len: frames per pseudo-video (T).
+        crop: output frame side.
+        min_side: smallest window side (None = crop). The paper: 112.
+    """
+
+    def __init__(self, table: ShardTable, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, clip_len: int = 16, crop: int = 112, min_side: int | None = None,
+                 flip: bool = True, epoch_clips: int | None = None):
+        # TrainSampler.__init__ is not called: its segment/clip-span checks are about videos.
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.table = table
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.flip, self.crop, self.clip_len = seed, flip, crop, clip_len
+        self.min_side = crop if min_side is None else min_side
+        first_rows = table.video_first_rows()
+        self.rows = first_rows
+        self.num_videos = table.num_videos
+        self.video_labels = table.columns["labels"][first_rows]
+        self._sizes = np.stack([table.columns["width"][first_rows], table.columns["height"][first_rows]], 1)
+        small = np.flatnonzero(self._sizes.min(axis=1) < self.min_side)
+        if len(small):
+            r = first_rows[small[0]]
+            raise ValueError(f"image {table.columns['keys'][r]} is {self._sizes[small[0]][0]}x"
+                             f"{self._sizes[small[0]][1]}: smaller than the {self.min_side}-pixel "
+                             "smallest window; lower data.train.pan_min_side or rebuild with a larger "
+                             "--image-min-side")
+        self.epoch_clips = self.num_videos if epoch_clips is None else epoch_clips
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = self.epoch_clips // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"epoch_clips={self.epoch_clips} is less than one global batch "
+                             f"({batch_size} x {world_size} ranks); lower batch_size")
+        self._order_cache = None
+
+    def _window(self, rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int]:
+        side = int(rng.integers(self.min_side, min(width, height) + 1))
+        return int(rng.integers(width - side + 1)), int(rng.integers(height - side + 1)), side
+
+    def draw_at(self, epoch: int, position: int) -> ImageDraw:
+        """The sample at a global position of an epoch (identical on every rank)."""
+        video = int(self.epoch_order(epoch)[position])
+        rng = np.random.default_rng([self.seed, epoch, position])
+        width, height = (int(v) for v in self._sizes[video])
+        start = self._window(rng, width, height)
+        end = self._window(rng, width, height)
+        flip = bool(rng.random() < 0.5) if self.flip else False
+        return ImageDraw(int(self.rows[video]), video, int(self.video_labels[video]), start, end, flip,
+                         width, height)
+
+
+class ImageTrainSource(_Source):
+    """Per-sample callback of the image graph.
+
+    Returns: encoded (nbytes,) uint8 JPEG, label () int32, matrix (T, 2, 3) float32
+    (window_matrices), flip () int32, row () int64, start () int32 (always 0: the loader's
+    `start` field), crop (2,) int32 = the start window's [x, y] (the loader's crop_x / crop_y).
+    """
+
+    num_outputs = 7
+
+    def __init__(self, table: ShardTable, sampler: ImageTrainSampler):
+        super().__init__(table, sampler.batch_size)
+        self.sampler = sampler
+
+    def __call__(self, sample_info):
+        d = self.sampler.draw(self.sample_number(sample_info))
+        matrix = window_matrices(window_path(d.start, d.end, self.sampler.clip_len), self.sampler.crop)
+        return (self.read(d.row), np.array(d.label, np.int32), matrix, np.array(d.flip, np.int32),
+                np.array(d.row, np.int64), np.array(0, np.int32), np.array(d.start[:2], np.int32))
+
+
+def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int):
+    """Decode one image per sample and render its T-frame pan/zoom.
+
+    Args:
+        encoded: DataNode (nbytes,) uint8 encoded images.
+        matrix: DataNode (T, 2, 3) float32 per sample: each frame's destination-to-source affine
+            map (`window_matrices`), a per-frame argument of one `fn.warp_affine`.
+        device: "cpu" or "gpu" (decode with the 'mixed' nvJPEG decoder; later ops on the GPU).
+        clip_len: T.
+        size: output side.
+
+    Returns:
+        DataNode (T, size, size, C) uint8, layout "FHWC": bilinear samples of the windows.
+
+    `fn.resize` takes no per-frame ROI in DALI 2.4 (it asserts on a (T, 2) roi_start), so the
+    windows are warps. NOTE: a warp does not antialias: a window larger than about twice `size`
+    (zooming out of a 512-pixel image to 112) aliases fine textures. A per-sample antialiased
+    pre-resize of the image to 2 x size / largest window would bound that; not done yet.
+    """
+    image = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
+                              output_type=types.RGB)  # (H, W, C)
+    seq = fn.expand_dims(image, axes=[0], new_axis_names="F")  # (H,W,C) -> (1,H,W,C)
+    seq = fn.sequence_rearrange(seq, new_order=[0] * clip_len)  # (1,H,W,C) -> (T,H,W,C)
+    return fn.warp_affine(seq, matrix=fn.per_frame(matrix), size=[size, size], inverse_map=True,
+                          interp_type=types.INTERP_LINEAR)  # (T, size, size, C); edges clamp
+
+
+@pipeline_def
+def image_train_graph(source: ImageTrainSource, *, device: str, clip_len: int, crop: int,
+                      standardization: str, py_workers: int, prefetch: int):
+    """Pseudo-video training clips from still images; outputs as `graphs.train_graph`:
+    clips (C, T, crop, crop) float32, label () int32, row () int64, start () int32,
+    crop (2,) int32, flip () int32."""
+    encoded, label, matrix, flip, row, start, crop_xy = _source_node(
+        source, source.num_outputs, py_workers, prefetch)
+    frames = pan_zoom(encoded, matrix, device=device, clip_len=clip_len, size=crop)  # (T, crop, crop, C)
+    # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
+    clips = augment(frames, crop=crop, crop_xy=[0, 0], flip=flip, standardization=standardization)  # (C, T, crop, crop)
+    return clips, label, row, start, crop_xy, flip
