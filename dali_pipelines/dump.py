@@ -2,6 +2,7 @@
 
     python -m dali_pipelines.dump --shards data/demo/train --split train --batches 2 \\
         --out batch.npz --png batch.png
+    python -m dali_pipelines.dump --config configs/demo.yaml --split train --out demo.npz --png demo.png
 
 The .npz holds `clips` (B, C, T, H, W) float32, exactly the model input ((B, N, C, T, H, W) for
 eval), `labels`, `keys` (sample keys, str), `standardization` (str), `index` (table rows), and for
@@ -24,6 +25,8 @@ from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dali_pipelines.dump", description=__doc__.split("\n")[0])
     p.add_argument("--shards", required=True, help="shard directory (or its _info.json)")
+    p.add_argument("--config", type=Path, help="a run config (configs/*.yaml): its data.train settings "
+                   "become the defaults (flags still override)")
     p.add_argument("--split", required=True, choices=["train", "eval"])
     p.add_argument("--batches", type=int, default=1, help="batches to dump")
     p.add_argument("--out", required=True, type=Path, help="output .npz")
@@ -118,8 +121,36 @@ def contact_sheet(arrays: dict[str, np.ndarray], path: Path, max_rows: int = 8) 
     plt.close(fig)
 
 
+_FROM_RUN_CONFIG = ("clip_len", "stride", "crop", "resize_short", "standardization", "seed", "epoch_clips")
+
+
+def defaults_from_run_config(path: Path) -> dict:
+    """Defaults from a run config's `data.train` section (configs/*.yaml): dump what that run's model
+    sees. Only the loader's own keys are read, so this floor needs nothing from the trainer."""
+    import yaml
+
+    train = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("train")
+    if not isinstance(train, dict):
+        raise SystemExit(f"error: {path} has no data.train section")
+    out = {k: train[k] for k in _FROM_RUN_CONFIG if k in train}
+    if "flip" in train:
+        out["no_flip"] = not train["flip"]
+    if "shards" in train:
+        out["shards"] = train["shards"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        p.set_defaults(**defaults_from_run_config(known.config))
+        for action in p._actions:  # --shards comes from the config unless given
+            if action.dest == "shards":
+                action.required = False
+    args = p.parse_args(argv)
     arrays = dump(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **arrays)

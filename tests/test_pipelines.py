@@ -249,3 +249,18 @@ def test_mixed_graph_matches_cpu_graph(shard_sets):
     # Standardized units: a few uint8 levels of colour-conversion difference is ~0.05 here.
     diff = (cpu["clips"] - gpu["clips"].cpu()).abs()
     assert diff.mean() < 0.05 and diff.max() < 1.0
+
+
+def test_dump_takes_a_run_configs_data_settings(shard_sets, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data:\n  train:\n    shards: {shard_sets['train']}\n    clip_len: 4\n    stride: 2\n"
+                   "    crop: 48\n    flip: false\n    standardization: mean_std\n")
+    out = tmp_path / "c.npz"
+    assert dump_cli.main(["--config", str(cfg), "--split", "train", "--batch-size", "3", "--out", str(out)]) == 0
+    d = np.load(out)
+    assert d["clips"].shape == (3, 3, 4, 48, 48) and not d["flip"].any()
+    assert str(d["standardization"]) == "mean_std"
+    # a flag still overrides the config
+    assert dump_cli.main(["--config", str(cfg), "--split", "train", "--batch-size", "3", "--crop", "32",
+                          "--out", str(out)]) == 0
+    assert np.load(out)["clips"].shape == (3, 3, 4, 32, 32)
