@@ -121,13 +121,7 @@ class ImageTrainSampler(TrainSampler):
                              f"{self._sizes[small[0]][1]}: smaller than the {self.min_side}-pixel "
                              "smallest window; lower data.train.pan_min_side or rebuild with a larger "
                              "--image-min-side")
-        self.epoch_clips = self.num_videos if epoch_clips is None else epoch_clips
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = self.epoch_clips // self.global_batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"epoch_clips={self.epoch_clips} is less than one global batch "
-                             f"({batch_size} x {world_size} ranks); lower batch_size")
-        self._order_cache = None
+        self._init_stream(epoch_clips)
 
     def _window(self, rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int]:
         side = int(rng.integers(self.min_side, min(width, height) + 1))

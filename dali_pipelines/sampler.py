@@ -115,12 +115,16 @@ class TrainSampler:
         # Owned starts as absolute frame indices, in CSR order (see ShardTable.video_rows).
         self._own_lo = cols["first_frame"][table.video_rows] + cols["own_start"][table.video_rows]
         self._sizes = _frame_sizes(table, first_rows, resize_short, crop)
+        self._init_stream(epoch_clips)
+
+    def _init_stream(self, epoch_clips: int | None) -> None:
+        """Epoch size and steps; shared with the image sampler (needs num_videos, batch_size, world_size)."""
         self.epoch_clips = self.num_videos if epoch_clips is None else epoch_clips
-        self.global_batch = batch_size * world_size
+        self.global_batch = self.batch_size * self.world_size
         self.steps_per_epoch = self.epoch_clips // self.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"epoch_clips={self.epoch_clips} is less than one global batch "
-                             f"({batch_size} x {world_size} ranks); lower batch_size")
+                             f"({self.batch_size} x {self.world_size} ranks); lower batch_size")
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def epoch_order(self, epoch: int) -> np.ndarray:
