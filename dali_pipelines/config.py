@@ -40,7 +40,7 @@ class TrainDataConfig(_Section):
     seed: int = 0  # the sample stream is a pure function of (seed, epoch, position)
     num_threads: int = Field(2, gt=0)  # DALI CPU threads per pipeline
     prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
-    py_workers: int = Field(2, ge=0)  # processes reading samples for the external source; 0 = in the main process
+    py_workers: int = Field(0, ge=0)  # processes running the sample callback; 0 = in the main process (fastest: the callback only reads bytes and draws numbers; measured in benchmarks/RESULTS.md)
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
     epoch_clips: int | None = Field(None, gt=0)  # clips per epoch (over all ranks); None = number of training videos
     pan_min_side: int | None = Field(None, gt=0)  # still-image shards: smallest pan/zoom window side; None = crop (the paper: 112)
@@ -61,5 +61,5 @@ class EvalDataConfig(_Section):
     seed: int = 0  # used by clip_positions='random' only
     num_threads: int = Field(2, gt=0)  # DALI CPU threads per pipeline
     prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
-    py_workers: int = Field(1, ge=0)  # processes reading samples for the external source; 0 = in the main process
+    py_workers: int = Field(0, ge=0)  # processes running the sample callback; 0 = in the main process
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA

@@ -57,7 +57,7 @@ class EvalConfig(_Section):
     batch_size: int = Field(4, gt=0)  # videos per rank and step
     clip_positions: Literal["uniform", "random"] = "uniform"  # where the clips sit in the video
     num_threads: int = Field(2, gt=0)  # DALI threads
-    py_workers: int = Field(1, ge=0)  # reader processes of the external source
+    py_workers: int = Field(0, ge=0)  # processes running the sample callback (0: in the main process)
     device: Device = "auto"  # DALI backend for evaluation
 
     def data(self, test_set: TestSetConfig, train: TrainDataConfig, clips: int) -> EvalDataConfig:

@@ -1,0 +1,684 @@
+"""`python -m benchmarks.loader`: training-clip loaders against each other on the same shards.
+
+    python -m benchmarks.loader                               # synthetic 172x128 VP9 shards, all loaders
+    python -m benchmarks.loader --shards shards/k700_train --seconds 30 --json out.json
+    python -m benchmarks.loader --loaders dali,dataloader_pyav --cores 2 --batch-size 8
+
+Every loader does the same work per clip: one random 16-frame window of a random video, a random
+112x112 crop, a clip-wide horizontal flip with p=0.5, per-frame standardization, float32
+(C, T, H, W), batched. All draw their clips from `dali_pipelines.sampler.TrainSampler`, so they
+decode the same windows of the same shards; only the machinery differs:
+
+- `dali`: our training graph (`dali_pipelines.loader.make_train_loader`), CPU backend here, GPU
+  (mixed decoder) with `--device gpu`;
+- `dataloader_decord`: a torch DataLoader whose workers pread the sample's bytes from the tar
+  (the shard table's offset/size) and decode the window with decord from memory;
+- `dataloader_pyav`: the same DataLoader with PyAV: seek to the keyframe before the window, decode
+  forward, convert only the window's frames;
+- `dali_whole_video`: our graph on a whole-video build of the same videos (`--segment-frames 0`),
+  to show what segmenting buys (DALI decodes from frame 0 in memory: DESIGN.md).
+
+Each loader runs in its own subprocess pinned to the same `--cores` CPUs (sched_setaffinity), so
+its CPU time and memory are its own. Per loader: clips/s = median of `--windows` timed windows after
+`--warmup` seconds; CPU cores used = CPU time of the process and its live descendants over the timed
+part / wall time; peak RSS = the largest sum of RSS over the process and its descendants (sampled
+every 0.1 s; the sum counts pages shared between forked processes once per process);
+decoded/delivered = frames the decoder has to produce per delivered frame, modelled from the
+delivered windows and the samples' keyframes (DALI from memory: from frame 0 of the stored sample
+to the window's end; decord and PyAV: from the keyframe at or before the window).
+
+The ceiling: DALI CPU full-decode frames/s of the same samples (all frames, RGB, `--threads`
+threads, bytes preloaded) and PyAV full-decode frames/s (`--cores` processes, rgb24), the larger
+one divided by the clip length: no loader decoding on these cores can beat it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dali_whole_video")
+CLIP_LEN, CROP = 16, 112
+
+
+# ============================================================================ measurement (child side)
+
+class ResourceMonitor:
+    """Peak summed RSS of this process and its descendants (a 0.1 s sampling thread) and their CPU
+    time (user + system, live processes only: a descendant that exits takes its time with it)."""
+
+    def __init__(self, interval: float = 0.1):
+        import psutil
+
+        self.proc, self.interval = psutil.Process(), interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self):
+        try:
+            return [self.proc] + self.proc.children(recursive=True)
+        except Exception:
+            return [self.proc]
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        total = 0
+        for p in self._tree():
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a worker that just exited
+                pass
+        self.peak_rss = max(self.peak_rss, total)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self._tree():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except Exception:
+                pass
+        return total
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def standardize_clip(frames: np.ndarray, crop_x: int, crop_y: int, flip: bool, crop: int = CROP):
+    """The DataLoaders' augment, same as the DALI graph's: (T, H, W, C) uint8 -> (C, T, crop, crop)
+    float32 with per-frame standardization (tf.image.per_image_standardization)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, crop_y: crop_y + crop, crop_x: crop_x + crop]))
+    if flip:
+        x = x.flip(2)  # (T, H, W, C): W is dim 2
+    x = x.float().mul_(1.0 / 255.0)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (T, 1, 1, 1)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    x = (x - mean) / std.clamp_min(float(1.0 / np.sqrt(crop * crop * 3)))
+    return x.permute(3, 0, 1, 2).contiguous()  # (T,H,W,C) -> (C,T,H,W)
+
+
+def _pad_edge(frames: list[np.ndarray], n: int) -> np.ndarray:
+    """Repeat the last frame up to n frames (DALI's pad_mode='edge' for short videos)."""
+    frames = frames + [frames[-1]] * (n - len(frames))
+    return np.stack(frames)  # (T, H, W, C)
+
+
+def decode_window_decord(data: bytes, start: int, n: int) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
+    idx = [min(start + i, len(vr) - 1) for i in range(n)]
+    return vr.get_batch(idx).asnumpy()  # (T, H, W, C)
+
+
+def decode_window_pyav(data: bytes, start: int, n: int) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps = float(stream.average_rate or stream.guessed_rate)
+        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        if start > 0:  # lands on the keyframe at or before the window
+            container.seek(int(round((t0 + start / fps) / stream.time_base)), stream=stream,
+                           backward=True, any_frame=False)
+        frames = []
+        for frame in container.decode(stream):
+            if int(round((frame.time - t0) * fps)) < start:
+                continue  # decoded but not converted
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == n:
+                break
+    return _pad_edge(frames, n)
+
+
+class ClipDataset:
+    """Map-style dataset: sample number n -> the clip `TrainSampler.draw(n)` describes.
+
+    Reads the encoded member with one pread at the shard table's offset (like the DALI source),
+    decodes the window with `decoder` ('decord' or 'pyav') and augments in torch.
+    """
+
+    def __init__(self, table, sampler, decoder: str):
+        self.tar_paths = list(table.tar_paths)
+        cols = table.columns
+        self.shard, self.offset, self.size = cols["shard"], cols["offset"], cols["size"]
+        self.sampler, self.decoder = sampler, decoder
+        self._fds, self._pid = {}, None
+
+    def __len__(self) -> int:
+        return 10 ** 9  # an endless stream; the benchmark stops it
+
+    def _read(self, row: int) -> bytes:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        s = int(self.shard[row])
+        if s not in self._fds:
+            self._fds[s] = os.open(self.tar_paths[s], os.O_RDONLY)
+        return os.pread(self._fds[s], int(self.size[row]), int(self.offset[row]))
+
+    def __getitem__(self, n: int) -> dict:
+        import torch
+
+        d = self.sampler.draw(n)
+        data = self._read(d.row)
+        decode = decode_window_decord if self.decoder == "decord" else decode_window_pyav
+        frames = decode(data, d.start, CLIP_LEN)
+        return {"clips": standardize_clip(frames, d.crop_x, d.crop_y, d.flip),
+                "labels": torch.tensor(d.label), "index": torch.tensor(d.row),
+                "start": torch.tensor(d.start)}
+
+
+def _train_sampler(table, batch_size: int, seed: int):
+    from dali_pipelines.sampler import TrainSampler
+
+    return TrainSampler(table, batch_size=batch_size, seed=seed, clip_len=CLIP_LEN, crop=CROP)
+
+
+def batches_dataloader(cfg: dict, decoder: str):
+    """Endless (clips, rows, starts) batches from a torch DataLoader with `cfg['workers']` workers."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dali_pipelines.shards import load_shards
+
+    table = load_shards(cfg["shards"], split="train")
+    ds = ClipDataset(table, _train_sampler(table, cfg["batch_size"], cfg["seed"]), decoder)
+    dl = DataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["workers"],
+                    persistent_workers=cfg["workers"] > 0, prefetch_factor=2 if cfg["workers"] else None,
+                    pin_memory=cfg["device"] == "gpu")
+    device = torch.device("cuda" if cfg["device"] == "gpu" else "cpu")
+    for b in dl:
+        yield b["clips"].to(device, non_blocking=True), b["index"].numpy(), b["start"].numpy()
+
+
+def batches_dali(cfg: dict):
+    """Endless (clips, rows, starts) batches from our training loader."""
+    from dali_pipelines.config import TrainDataConfig
+    from dali_pipelines.loader import make_train_loader
+
+    dcfg = TrainDataConfig(shards=cfg["shards"], batch_size=cfg["batch_size"], clip_len=CLIP_LEN,
+                           crop=CROP, seed=cfg["seed"], num_threads=cfg["threads"],
+                           device="gpu" if cfg["device"] == "gpu" else "cpu",
+                           **({"py_workers": cfg["py_workers"]} if cfg["py_workers"] is not None else {}),
+                           **({"prefetch": cfg["prefetch"]} if cfg["prefetch"] is not None else {}))
+    loader = make_train_loader(dcfg, 0, 1, 0, "cuda:0" if cfg["device"] == "gpu" else "cpu")
+    while True:
+        for b in loader:
+            yield b["clips"], b["index"].cpu().numpy(), b["start"].cpu().numpy()
+
+
+def keyframes_of(data: bytes) -> np.ndarray:
+    """Indices of the keyframes of an encoded sample (demux only; packets are in frame order: the
+    build encodes without B-frames or VP9 alt-ref frames)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as c:
+        flags = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    return np.flatnonzero(flags)
+
+
+def decoded_per_delivered(shards: str, rows: np.ndarray, starts: np.ndarray, seeks: bool) -> float:
+    """Frames decoded per delivered frame for the delivered windows (see the module docstring)."""
+    from dali_pipelines.shards import load_shards
+
+    table = load_shards(shards, split="train")
+    cache: dict[int, np.ndarray] = {}
+    decoded = 0
+    for row, start in zip(rows.tolist(), starts.tolist()):
+        first = 0
+        if seeks:
+            if row not in cache:
+                cache[row] = keyframes_of(table.read(row))
+            kf = cache[row]
+            first = int(kf[np.searchsorted(kf, start, side="right") - 1])
+        nf = int(table.columns["num_frames"][row])
+        decoded += min(start + CLIP_LEN, nf) - first
+    return decoded / (CLIP_LEN * max(len(rows), 1))
+
+
+def run_loader(cfg: dict) -> dict:
+    """Measure one loader in this (pinned) process; returns its result row."""
+    import torch
+
+    torch.set_num_threads(1)  # the main process only collates / receives
+    name = cfg["loader"]
+    mon = ResourceMonitor()
+    t_start = time.perf_counter()
+    if name in ("dali", "dali_whole_video"):
+        it = batches_dali(cfg)
+    else:
+        it = batches_dataloader(cfg, "decord" if name == "dataloader_decord" else "pyav")
+    clips, rows, starts = next(it)
+    shape, dtype = list(clips.shape), str(clips.dtype).replace("torch.", "")
+    t_first = time.perf_counter() - t_start
+    n_warm = 1
+    while time.perf_counter() - t_start < t_first + cfg["warmup"] or n_warm < 2:
+        next(it)
+        n_warm += 1
+    window_s = cfg["seconds"] / cfg["windows"]
+    rates, all_rows, all_starts, n_clips = [], [], [], 0
+    cpu0, t0 = mon.cpu_seconds(), time.perf_counter()
+    t_w, n_w = t0, 0
+    while len(rates) < cfg["windows"]:
+        clips, rows, starts = next(it)
+        if list(clips.shape) != shape:
+            raise RuntimeError(f"{name}: batch shape changed from {shape} to {list(clips.shape)}")
+        n_w += clips.shape[0]
+        all_rows.append(rows)
+        all_starts.append(starts)
+        now = time.perf_counter()
+        if now - t_w >= window_s:
+            rates.append(n_w / (now - t_w))
+            n_clips += n_w
+            t_w, n_w = now, 0
+    wall = time.perf_counter() - t0
+    cpu = mon.cpu_seconds() - cpu0
+    mon.sample()
+    mon.stop()
+    seeks = name.startswith("dataloader")
+    rows, starts = np.concatenate(all_rows), np.concatenate(all_starts)
+    return {"loader": name, "clips_per_s": statistics.median(rates),
+            "decoded_per_delivered": decoded_per_delivered(cfg["shards"], rows, starts, seeks),
+            "cpu_cores": cpu / wall, "peak_rss_mb": mon.peak_rss / 2 ** 20,
+            "clips_per_cpu_s": n_clips / max(cpu, 1e-9),
+            "clips": n_clips, "window_clips_per_s": rates, "batch_shape": shape, "dtype": dtype,
+            "first_batch_s": t_first, "shards": cfg["shards"], "codec": _codec(cfg["shards"])}
+
+
+def _ceiling_dali(cfg: dict, datas: list[np.ndarray], mon: ResourceMonitor) -> tuple[float, float]:
+    from nvidia.dali import fn, pipeline_def
+
+    bs = cfg["batch_size"]
+
+    @pipeline_def(batch_size=bs, num_threads=cfg["threads"], device_id=None, prefetch_queue_depth=2)
+    def full_decode():
+        return fn.decoders.video(fn.external_source(source=source, batch=True), device="cpu")
+
+    pos = [0]
+
+    def source():
+        out = [datas[(pos[0] + i) % len(datas)] for i in range(bs)]
+        pos[0] += bs
+        return out
+
+    pipe = full_decode()
+    pipe.build()
+    for _ in range(2):
+        pipe.run()
+    cpu0, t0, frames = mon.cpu_seconds(), time.perf_counter(), 0
+    while time.perf_counter() - t0 < cfg["seconds"] / 2:
+        out = pipe.run()
+        frames += sum(shape[0] for shape in out[0].shape())  # (F, H, W, C) per sample
+    wall = time.perf_counter() - t0
+    return frames / wall, (mon.cpu_seconds() - cpu0) / wall
+
+
+def _pyav_full_decode(datas: list[bytes]) -> int:
+    import av
+
+    n = 0
+    for data in datas:
+        with av.open(io.BytesIO(data)) as c:
+            c.streams.video[0].codec_context.thread_count = 1
+            for f in c.decode(video=0):
+                f.to_ndarray(format="rgb24")
+                n += 1
+    return n
+
+
+def _ceiling_pyav(cfg: dict, datas: list[bytes], mon: ResourceMonitor) -> tuple[float, float]:
+    import multiprocessing as mp
+
+    seconds = cfg["seconds"] / 2
+    with mp.get_context("fork").Pool(cfg["cores"]) as pool:
+        pool.map(_pyav_full_decode, [datas[:2]] * cfg["cores"])  # warm-up
+        cpu0, t0, frames = mon.cpu_seconds(), time.perf_counter(), 0
+        k = 0
+        while time.perf_counter() - t0 < seconds:
+            chunks = [[datas[(k + j * 7 + i) % len(datas)] for i in range(4)] for j in range(cfg["cores"] * 2)]
+            frames += sum(pool.map(_pyav_full_decode, chunks))
+            k += 1
+        wall = time.perf_counter() - t0
+        return frames / wall, (mon.cpu_seconds() - cpu0) / wall
+
+
+def run_ceiling(cfg: dict) -> dict:
+    """Full-decode frames/s of the benchmark's samples (DALI CPU and PyAV), bytes preloaded."""
+    from dali_pipelines.shards import load_shards
+
+    table = load_shards(cfg["shards"], split="train")
+    rows = range(min(len(table), 64))
+    datas = [table.read(r) for r in rows]
+    mon = ResourceMonitor()
+    out = {}
+    out["pyav_fps"], out["pyav_cpu_cores"] = _ceiling_pyav(cfg, datas, mon)
+    try:
+        out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali(
+            cfg, [np.frombuffer(d, np.uint8) for d in datas], mon)
+    except Exception as e:  # e.g. H.264 shards: DALI's CPU decoder has no H.264
+        out["dali_cpu_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    mon.stop()
+    best = max((k[: -len("_fps")] for k in out if k.endswith("_fps")), key=lambda k: out[k + "_fps"])
+    out["best"], out["fps"], out["cpu_cores"] = best, out[best + "_fps"], out[best + "_cpu_cores"]
+    # Frames per CPU-second: comparable with the loaders' clips per CPU-second on a shared machine.
+    out["fps_per_cpu_s"] = max(out[k + "_fps"] / max(out[k + "_cpu_cores"], 1e-9)
+                               for k in ("pyav", "dali_cpu") if k + "_fps" in out)
+    return out
+
+
+def _codec(shards: str) -> str:
+    p = Path(shards)
+    info = json.loads(((p / "_info.json") if p.is_dir() else p).read_text())
+    return info["encoding"]["codec"]
+
+
+def child_main(cfg: dict, out_path: str) -> None:
+    cores = cfg["core_ids"]
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)  # inherited by workers forked later
+    try:
+        result = run_ceiling(cfg) if cfg["loader"] == "ceiling" else run_loader(cfg)
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        result = {"loader": cfg["loader"], "error": f"{type(e).__name__}: {e}"}
+    Path(out_path).write_text(json.dumps(result))
+    _exit_now(0)
+
+
+# ============================================================================ orchestration (parent side)
+
+def machine_info(core_ids: list[int]) -> dict:
+    import psutil
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": model, "logical_cpus": os.cpu_count(), "cores_used": len(core_ids),
+            "core_ids": core_ids, "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
+            "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "platform": platform.platform()}
+    versions = {}
+    for mod in ("torch", "nvidia.dali", "decord", "av", "numpy"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            versions[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            versions[mod] = None
+    info["versions"] = versions
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        info["gpu"] = out.stdout.strip() or None
+    except Exception:
+        info["gpu"] = None
+    return info
+
+
+def run_child(cfg: dict, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks.loader", "--_child", json.dumps(cfg), str(out)]
+        try:
+            proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            return {"loader": cfg["loader"], "error": f"timed out after {timeout:.0f} s"}
+        if not out.is_file():
+            tail = (proc.stderr or proc.stdout or "")[-2000:]
+            return {"loader": cfg["loader"], "error": f"exit {proc.returncode}: {tail}"}
+        return json.loads(out.read_text())
+
+
+def decord_reads(shards: str) -> str | None:
+    """None if decord decodes a sample of these shards from memory, else the reason."""
+    from dali_pipelines.shards import load_shards
+
+    try:
+        frames = decode_window_decord(load_shards(shards, split="train").read(0), 0, 2)
+        assert frames.shape[0] == 2
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def plot(results: list[dict], ceiling: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "clips_per_s" in r]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
+    names = [r["loader"] for r in ok]
+    vals = [r["clips_per_s"] for r in ok]
+    bars = ax.bar(names, vals, color=["#4c72b0" if n.startswith("dali") else "#999999" for n in names])
+    for b, v in zip(bars, vals):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom", fontsize=9)
+    if ceiling:
+        ax.axhline(ceiling, color="#c44e52", ls="--", lw=1.2, label=f"decode ceiling {ceiling:.0f}")
+        ax.axhline(ceiling / 2, color="#c44e52", ls=":", lw=1, label="50% of ceiling")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylabel("clips/s (16x112x112)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_ylim(0, max(vals + [ceiling or 0]) * 1.15 if vals else 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_table(results: list[dict], ceiling: dict | None) -> str:
+    """The console table; `ceiling` is the ceiling child's result (or None)."""
+    c = ceiling["fps"] / CLIP_LEN if ceiling else None
+    c_cpu = ceiling["fps_per_cpu_s"] / CLIP_LEN if ceiling else None
+    lines = [f"{'loader':<21} {'clips/s':>8} {'% ceil':>7} {'clips/cpu-s':>11} {'% ceil/cpu':>10} "
+             f"{'decoded/deliv':>13} {'cpu cores':>9} {'peak RSS MB':>11}  shards"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['loader']:<21} ERROR {r['error'][:200]}")
+            continue
+        pct = f"{100 * r['clips_per_s'] / c:.0f}%" if c else "-"
+        pct_cpu = f"{100 * r['clips_per_cpu_s'] / c_cpu:.0f}%" if c_cpu else "-"
+        lines.append(f"{r['loader']:<21} {r['clips_per_s']:8.1f} {pct:>7} {r['clips_per_cpu_s']:11.1f} "
+                     f"{pct_cpu:>10} {r['decoded_per_delivered']:13.2f} {r['cpu_cores']:9.2f} "
+                     f"{r['peak_rss_mb']:11.0f}  {r['codec']} {Path(r['shards']).name}")
+    if ceiling:
+        lines.append(f"{'ceiling (full decode)':<21} {c:8.1f} {'':>7} {c_cpu:11.1f} {'':>10} {1.0:13.2f} "
+                     f"{ceiling['cpu_cores']:9.2f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--shards", help="a --split train shard folder (default: synthetic shards in --cache-dir)")
+    p.add_argument("--whole-shards", help="whole-video build (--segment-frames 0) of the same videos for "
+                   "dali_whole_video (synthetic: built automatically; with --shards: skipped unless given)")
+    p.add_argument("--decord-shards", help="shards for dataloader_decord when decord cannot read --shards "
+                   "(e.g. an --codec h264 build of the same videos)")
+    p.add_argument("--loaders", default=",".join(LOADERS), help="comma list of " + ", ".join(LOADERS))
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="DALI backend / where batches are delivered (auto: gpu when CUDA is present)")
+    p.add_argument("--cores", type=int, help="CPUs every loader is pinned to (default: all available)")
+    p.add_argument("--threads", type=int, help="DALI num_threads (default: --cores)")
+    p.add_argument("--py-workers", type=int, help="DALI source worker processes (default: TrainDataConfig's)")
+    p.add_argument("--prefetch", type=int, help="DALI prefetch depth (default: TrainDataConfig's)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: --cores)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loader")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per loader (clips/s = their median)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds run before timing (after the first batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ceiling", action="store_true", help="skip the full-decode ceiling")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--out-dir", type=Path, default=Path("."), help="where the PNG goes (loader_<device>.png)")
+    p.add_argument("--no-plot", action="store_true")
+    g = p.add_argument_group("synthetic shards (without --shards)")
+    g.add_argument("--cache-dir", type=Path, help="default ~/.cache/zsvideo_benchmarks")
+    g.add_argument("--videos", type=int, default=32)
+    g.add_argument("--frames", type=int, default=250, help="frames per video (25 fps)")
+    g.add_argument("--short-side", type=int, default=128)
+    g.add_argument("--segment-frames", type=int, default=64)
+    g.add_argument("--codec", choices=["vp9", "h264"], default="vp9")
+    return p.parse_args(argv)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without DALI's / the DataLoader's slow teardown, ending our own worker processes first
+    (left alone, forked DALI source workers outlive the parent and keep its stdout open)."""
+    import os
+
+    import psutil
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = psutil.Process().children(recursive=True)
+    for c in children:
+        try:
+            c.terminate()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_child"]:
+        child_main(json.loads(argv[1]), argv[2])
+        return 0
+    args = parse_args(argv)
+    loaders = [s.strip() for s in args.loaders.split(",") if s.strip()]
+    unknown = sorted(set(loaders) - set(LOADERS))
+    if unknown:
+        print(f"error: unknown loaders {unknown}; choose from {', '.join(LOADERS)}", file=sys.stderr)
+        return 2
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    cores = args.cores or len(available)
+    core_ids = available[:cores]
+    device = args.device
+    if device == "auto":
+        import torch  # is_available() without initialising CUDA in this parent
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+
+    notes = []
+    synth = dict(cache=args.cache_dir, num_videos=args.videos, num_frames=args.frames,
+                 short_side=args.short_side, workers=cores)
+    synth = {k: v for k, v in synth.items() if v is not None}
+    if args.shards:
+        shards, whole = args.shards, args.whole_shards
+    else:
+        from benchmarks.synthetic import synthetic_shards
+
+        print(f"synthetic shards: {args.videos} videos x {args.frames} frames, short side "
+              f"{args.short_side}, {args.codec} (built once, then cached)", flush=True)
+        shards = str(synthetic_shards(segment_frames=args.segment_frames, codec=args.codec, **synth))
+        whole = None
+        if "dali_whole_video" in loaders:
+            whole = str(synthetic_shards(segment_frames=0, codec=args.codec, **synth))
+    decord_shards = args.decord_shards or shards
+    if "dataloader_decord" in loaders and not args.decord_shards:
+        why = decord_reads(shards)
+        if why is not None:
+            if args.shards:
+                notes.append(f"decord cannot read {shards} ({why}); pass --decord-shards (an h264 build)")
+                loaders.remove("dataloader_decord")
+            else:
+                from benchmarks.synthetic import synthetic_shards
+
+                decord_shards = str(synthetic_shards(segment_frames=args.segment_frames, codec="h264", **synth))
+                notes.append(f"decord cannot read the VP9 shards ({why}): dataloader_decord reads an "
+                             "H.264 build of the same videos")
+    if "dali_whole_video" in loaders and not whole:
+        notes.append("dali_whole_video skipped: pass --whole-shards (a --segment-frames 0 build)")
+        loaders.remove("dali_whole_video")
+
+    threads = args.threads or cores
+    workers = args.workers if args.workers is not None else cores
+    base = dict(batch_size=args.batch_size, seconds=args.seconds, windows=args.windows, warmup=args.warmup,
+                seed=args.seed, device=device, threads=threads, workers=workers, cores=cores,
+                core_ids=core_ids, py_workers=args.py_workers, prefetch=args.prefetch)
+    shards_of = {"dali": shards, "dataloader_decord": decord_shards, "dataloader_pyav": shards,
+                 "dali_whole_video": whole}
+    machine = machine_info(core_ids)
+    timeout = args.warmup + args.seconds * 3 + 240
+    results = []
+    for name in loaders:
+        print(f"running {name} ({args.seconds:g} s) ...", flush=True)
+        r = run_child({**base, "loader": name, "shards": shards_of[name]}, timeout)
+        results.append(r)
+        if "error" in r:
+            print(f"  {name} failed: {r['error'][:500]}", flush=True)
+        else:
+            print(f"  {r['clips_per_s']:.1f} clips/s, {r['cpu_cores']:.2f} cores, "
+                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+    ceiling, ceiling_info = None, None
+    if not args.no_ceiling:
+        print("running the full-decode ceiling ...", flush=True)
+        ceiling_info = run_child({**base, "loader": "ceiling", "shards": shards}, timeout)
+        if "fps" in ceiling_info:
+            ceiling = ceiling_info["fps"] / CLIP_LEN
+        else:
+            notes.append(f"ceiling failed: {ceiling_info.get('error')}")
+    machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    print()
+    print(format_table(results, ceiling_info if ceiling else None))
+    if ceiling_info and "fps" in ceiling_info:
+        print("full decode (all frames to RGB) frames/s: " + ", ".join(
+            f"{k[:-4]} {ceiling_info[k]:.0f} on {ceiling_info[k[:-4] + '_cpu_cores']:.2f} cores"
+            for k in ceiling_info if k.endswith("_fps")))
+    print(f"machine: {machine['cpu']}, {cores} of {machine['logical_cpus']} CPUs, load "
+          f"{machine['load_avg_start']} -> {machine['load_avg_end']}; batch {args.batch_size}, "
+          f"DALI threads {threads}, DataLoader workers {workers}, device {device}")
+    for n in notes:
+        print("note: " + n)
+    if not args.no_plot:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        png = args.out_dir / f"loader_{device}.png"
+        plot(results, ceiling, png, f"{Path(shards).name}: {cores} CPU cores, batch {args.batch_size}, "
+             f"{device}")
+        print(f"plot: {png}")
+    if args.json:
+        out = {"machine": machine, "shards": shards, "ceiling_clips_per_s": ceiling,
+               "ceiling_clips_per_cpu_s": ceiling_info["fps_per_cpu_s"] / CLIP_LEN if ceiling else None,
+               "ceiling": ceiling_info, "settings": {k: v for k, v in base.items() if k != "core_ids"},
+               "notes": notes, "results": results,
+               "shards_by_loader": {n: shards_of[n] for n in loaders}}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+        print(f"json: {args.json}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

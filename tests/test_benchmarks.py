@@ -1,0 +1,111 @@
+"""Smoke tests of the throughput benchmarks: they run end to end on tiny synthetic shards and report
+well-formed results. No speed is asserted (the figures depend on the machine and its load)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOADERS = ["dali", "dataloader_decord", "dataloader_pyav", "dali_whole_video"]
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def loader_run(tmp_path_factory):
+    """One `python -m benchmarks.loader` run over tiny shards (4 videos x 40 frames, 32-frame
+    segments so the segmented and whole-video builds differ), about 1.5 s per loader."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "result.json"
+    cmd = [sys.executable, "-m", "benchmarks.loader", "--cache-dir", str(tmp / "cache"), "--videos", "4",
+           "--frames", "40", "--segment-frames", "32", "--seconds", "1.2", "--windows", "2",
+           "--warmup", "0.3", "--batch-size", str(BATCH), "--device", "cpu", "--json", str(out),
+           "--out-dir", str(tmp)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), tmp, proc.stdout
+
+
+def test_loader_json_structure(loader_run):
+    res, tmp, stdout = loader_run
+    assert set(res) >= {"machine", "shards", "ceiling_clips_per_s", "results"}
+    assert isinstance(res["machine"], dict) and res["machine"]["cores_used"] >= 1
+    assert Path(res["shards"], "_info.json").is_file()
+    assert res["ceiling_clips_per_s"] > 0
+    assert [r["loader"] for r in res["results"]] == LOADERS
+    for r in res["results"]:
+        assert "error" not in r, r
+        for key in ("clips_per_s", "decoded_per_delivered", "cpu_cores", "peak_rss_mb"):
+            assert isinstance(r[key], float) and np.isfinite(r[key]), (r["loader"], key)
+        assert r["clips_per_s"] > 0 and r["clips"] > 0 and r["peak_rss_mb"] > 0 and r["cpu_cores"] >= 0
+        # Windows never start before the decode point: at least the delivered frames are decoded.
+        assert r["decoded_per_delivered"] >= 1.0
+    assert (tmp / "loader_cpu.png").stat().st_size > 0
+    assert "ceiling" in stdout
+
+
+def test_every_loader_delivers_training_clips(loader_run):
+    res, _, _ = loader_run
+    for r in res["results"]:
+        assert r["batch_shape"] == [BATCH, 3, 16, 112, 112], r["loader"]  # (B, C, T, H, W)
+        assert r["dtype"] == "float32", r["loader"]
+
+
+def test_whole_video_layout_decodes_more(loader_run):
+    res, _, _ = loader_run
+    by = {r["loader"]: r for r in res["results"]}
+    whole = json.loads(Path(by["dali_whole_video"]["shards"], "_info.json").read_text())
+    seg = json.loads(Path(by["dali"]["shards"], "_info.json").read_text())
+    assert whole["encoding"]["segment_frames"] is None and seg["encoding"]["segment_frames"] == 32
+    assert whole["num_samples"] == whole["num_videos"] < seg["num_samples"]
+
+
+def test_dataloader_decoders_agree(loader_run):
+    """decord and the PyAV keyframe-seek path return the same window of a sample."""
+    from benchmarks.loader import decode_window_decord, decode_window_pyav
+    from dali_pipelines.shards import load_shards
+
+    res, _, _ = loader_run
+    by = {r["loader"]: r for r in res["results"]}
+    table = load_shards(by["dali_whole_video"]["shards"], split="train")
+    data = table.read(0)
+    a = decode_window_decord(data, 10, 16).astype(np.int16)
+    b = decode_window_pyav(data, 10, 16).astype(np.int16)
+    assert a.shape == b.shape == (16, 128, 172, 3)
+    assert np.abs(a - b).mean() < 3
+    # the frames differ from their neighbours: the window really is frames 10..25, not a repeat
+    c = decode_window_pyav(data, 11, 16).astype(np.int16)
+    assert np.abs(a[1:] - c[:-1]).mean() < 3 and np.abs(a - c).mean() > 3
+
+
+def test_standardize_clip_matches_graph_formula():
+    from benchmarks.loader import standardize_clip
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(16, 128, 172, 3), dtype=np.uint8)
+    frames[3] = 77  # a flat frame stays finite (tf's std floor) and becomes zeros
+    x = standardize_clip(frames, crop_x=5, crop_y=7, flip=True).numpy()
+    assert x.shape == (3, 16, 112, 112) and x.dtype == np.float32
+    ref = frames[:, 7:119, 5:117][:, :, ::-1].astype(np.float64) / 255
+    mean = ref.mean(axis=(1, 2, 3), keepdims=True)
+    std = np.maximum(ref.std(axis=(1, 2, 3), keepdims=True), 1 / np.sqrt(112 * 112 * 3))
+    np.testing.assert_allclose(x, ((ref - mean) / std).transpose(3, 0, 1, 2), atol=1e-4)
+    assert np.abs(x[:, 3]).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_train_benchmark_runs(loader_run, tmp_path):
+    res, _, _ = loader_run
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, "-m", "benchmarks.train", f"data.train.shards={res['shards']}",
+           "data.global_batch=2", "--steps", "2", "--warmup-steps", "1", "--device", "cpu", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["loop_clips_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1
+    assert r["compute_clips_per_s"] > 0 and r["loader_clips_per_s"] > 0
