@@ -28,14 +28,14 @@ def final_rows(run_dir: Path) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'test set':<14}{'protocol':<18}{'classes':>8}{'videos':>8}{'top-1':>8}{'chance':>8}"
+    lines = [f"{'test set':<14}{'protocol':<18}{'classes':>8}{'videos':>8}{'top-1':>12}{'chance':>8}"
              f"{'x chance':>9}{'top-5':>8}{'chance':>8}",
-             "-" * 89]
+             "-" * 93]
     for r in rows:
         c = r["n_classes"] if r["protocol"] != "half_classes_x10" else r["n_classes"] // 2
         chance1, chance5 = 100.0 / c, 100.0 * min(5, c) / c
         top1 = f"{r['top1']:.1f}" + (f"±{r['top1_std']:.1f}" if "top1_std" in r else "")
-        lines.append(f"{r['dataset']:<14}{r['protocol']:<18}{c:>8}{r['n_videos']:>8}{top1:>8}{chance1:>8.1f}"
+        lines.append(f"{r['dataset']:<14}{r['protocol']:<18}{c:>8}{r['n_videos']:>8}{top1:>12}{chance1:>8.1f}"
                      f"{r['top1'] / chance1:>9.1f}{r['top5']:>8.1f}{chance5:>8.1f}")
     return "\n".join(lines)
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zero-shot results of {args.run_dir} (epoch {epoch}, {rows[0]['clips']} clips per video):")
     print(format_table(rows))
     print("all_classes: nearest among the test set's classes (the paper's protocol 2); half_classes_x10: "
-          "mean±std over 10 random halves (protocol 1); generalized: nearest among test + training classes.")
+          "mean±std over 10 random halves (protocol 1); generalized: nearest among all classes of the run "
+          "(seen and unseen).")
     print(f"TensorBoard: tensorboard --logdir {args.run_dir / 'tb'}")
     return 0
 
