@@ -101,6 +101,17 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
 
+    # SIGTERM/SIGINT only raise a flag: the loop checkpoints and exits at the next step. Installed
+    # before the loaders fork their reader processes (py_workers > 0), which inherit it: a signal to
+    # the whole process group must not kill a reader mid-batch.
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     # ---------------------------------------------------------------- loaders (before CUDA: they fork)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
     dev_str = f"cuda:{local_rank}" if device_type == "cuda" else "cpu"
@@ -210,14 +221,6 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
         return 0
 
     # ---------------------------------------------------------------- the loop
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
     steps_per_epoch = train_loader.steps_per_epoch
     total_steps = cfg.optim.epochs * steps_per_epoch
     print0(f"training: {world_size} ranks x {per_rank} clips, {steps_per_epoch} steps/epoch, "
