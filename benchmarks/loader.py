@@ -406,7 +406,7 @@ def child_main(cfg: dict, out_path: str) -> None:
         traceback.print_exc()
         result = {"loader": cfg["loader"], "error": f"{type(e).__name__}: {e}"}
     Path(out_path).write_text(json.dumps(result))
-    _exit_now(0)
+    exit_now(0)
 
 
 # ============================================================================ orchestration (parent side)
@@ -551,7 +551,7 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """Exit without DALI's / the DataLoader's slow teardown, ending our own worker processes first
     (left alone, forked DALI source workers outlive the parent and keep its stdout open)."""
     import os

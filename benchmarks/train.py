@@ -34,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.loader import exit_now
+
 # A small model for CPU runs: (2+1)D with widths 8-16-32-64, one block per stage, batch 4.
 DEFAULT_CONFIG = {
     "run": {"out_dir": "unused", "threads": None},
-    "data": {"global_batch": 4, "train": {"shards": "synthetic", "num_threads": 2, "py_workers": 2}},
+    "data": {"global_batch": 4, "train": {"shards": "synthetic", "num_threads": 2}},
     "embeddings": {"vectors": "unused"},
     "model": {"backbone": "custom", "widths": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
     "optim": {"lr": 1e-3},
@@ -75,25 +77,6 @@ def load(args):
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e, args.config or "the built-in config")) from None
-
-
-def _exit_now(code: int) -> None:
-    """Exit without DALI's / the DataLoader's slow teardown, ending our own worker processes first
-    (left alone, forked DALI source workers outlive the parent and keep its stdout open)."""
-    import os
-
-    import psutil
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    children = psutil.Process().children(recursive=True)
-    for c in children:
-        try:
-            c.terminate()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(children, timeout=5)
-    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1))
-    _exit_now(0)
+    exit_now(0)
 
 
 if __name__ == "__main__":
