@@ -28,16 +28,18 @@ TEXTS = ["playing guitar", "climbing a rope", "brushing teeth", "walk dog"]
 def _train_fasttext(path, seed):
     import fasttext
 
-    # Words of every shipped class text, so the model has seen them (any word works: subwords).
+    # Words of every shipped class text, so the model has trained vectors for them all. Five epochs:
+    # with one, the ~2500-word vocabulary got nearly parallel vectors and the comparisons below were at
+    # the mercy of float noise (seen failing in CI).
     words = sorted({w for d in DATASETS for n in load_class_list(d) for w in class_text(n, d).split()})
     rng = random.Random(seed)
     corpus = path.with_suffix(".txt")
-    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(2000)))
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(4000)))
     for attempt in range(3):
         try:
             # A small bucket and dim: fastText's default bucket (2M) makes even a tiny model 400 MB.
             model = fasttext.train_unsupervised(str(corpus), model="skipgram", dim=16, bucket=10000,
-                                                minCount=1, epoch=1, thread=1, verbose=0)
+                                                minCount=1, epoch=5, thread=1, verbose=0)
             break
         except RuntimeError:
             # fastText now and then reports "Encountered NaN." on a corpus this small (measured: about
