@@ -154,6 +154,12 @@ def decode_video(encoded, device: str, start_frame=None, sequence_length=None, s
 def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization: str = "per_frame"):
     """Resize, crop, flip and standardize a sequence; shared by the training and evaluation graphs.
 
+    The graph stops short of the float clip: it returns the crop as uint8 (C, F, crop, crop) and
+    each value's affine map, `clip = clip_u8 * scale + shift`, which `standardize` (torch) applies
+    where the batch lands. That last pass writes 4 bytes per value; in torch it is one vectorized
+    pass (0.2 CPU-ms per 16-frame clip, or nothing to speak of on the GPU), in DALI's CPU
+    arithmetic about 2 ms; the uint8 batch is also a quarter of the copy out of the pipeline.
+
     Args:
         frames: DataNode (F, H, W, C) uint8.
         crop: side of the square crop.
@@ -168,30 +174,32 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization
             `(x / 255 - KINETICS_MEAN) / KINETICS_STD` per channel.
 
     Returns:
-        DataNode (C, F, crop, crop) float32.
+        (clips, scale, shift): clips DataNode (C, F, crop, crop) uint8; scale and shift float32,
+        (1, F, 1, 1) for 'per_frame' and (C, 1, 1, 1) for 'mean_std' (they broadcast on clips).
     """
     if size is not None:
         frames = fn.resize(frames, resize_x=size[0], resize_y=size[1])
     frames = fn.slice(frames, start=crop_xy, shape=[crop, crop], axis_names="WH")  # (F, crop, crop, C)
-    if flip is not None:
-        frames = fn.flip(frames, horizontal=flip)
-    # Both standardizations are written on the uint8 frames with the 1/255 folded into the constants:
-    # each is then one fused arithmetic pass (no float copy of the clip before it), which matters on
-    # the CPU backend where these passes cost about as much as decoding the window.
+    # The 1/255 is folded into scale and shift, so the statistics are taken on the uint8 values.
     if standardization == "per_frame":
         mean = fn.reductions.mean(frames, axis_names="HWC", keep_dims=True, dtype=types.FLOAT)  # (F, 1, 1, 1)
         std = fn.reductions.std_dev(frames, mean, axis_names="HWC", keep_dims=True)  # (F, 1, 1, 1)
         # (x/255 - m/255) / max(s/255, f) == (x - m) / max(s, 255 f); tf's floor f keeps a flat
         # frame finite (it becomes all zeros).
-        x = (frames - mean) / dmath.max(std, float(255.0 / np.sqrt(crop * crop * 3)))
+        scale = 1.0 / dmath.max(std, float(255.0 / np.sqrt(crop * crop * 3)))
+        shift = -mean * scale
+        scale, shift = (fn.transpose(t, perm=[3, 0, 1, 2]) for t in (scale, shift))  # (F,1,1,1) -> (1,F,1,1)
     elif standardization == "mean_std":
-        # (x/255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel (broadcast over F, H, W)
-        scale = types.Constant((1.0 / (255.0 * np.array(KINETICS_STD, np.float64))).astype(np.float32))
-        shift = types.Constant((np.array(KINETICS_MEAN, np.float64) / np.array(KINETICS_STD, np.float64)).astype(np.float32))
-        x = frames * scale - shift
+        # (x/255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel
+        std, mean = np.array(KINETICS_STD, np.float64), np.array(KINETICS_MEAN, np.float64)
+        scale = fn.constant(fdata=(1.0 / (255.0 * std)).tolist(), shape=[3, 1, 1, 1], dtype=types.FLOAT)
+        shift = fn.constant(fdata=(-mean / std).tolist(), shape=[3, 1, 1, 1], dtype=types.FLOAT)
     else:
         raise ValueError(f"unknown standardization {standardization!r}")
-    return fn.transpose(x, perm=[3, 0, 1, 2])  # (F,H,W,C) -> (C,F,H,W)
+    # One fused pass: mirror (per sample) and (F,H,W,C) -> (C,F,H,W), staying uint8.
+    clips = fn.crop_mirror_normalize(frames, mirror=0 if flip is None else flip, dtype=types.UINT8,
+                                     output_layout="CFHW")
+    return clips, scale, shift
 
 
 def _source_node(source, num_outputs: int, py_workers: int, prefetch: int):
@@ -206,16 +214,18 @@ def train_graph(source: TrainSource, *, device: str, clip_len: int, stride: int,
                 standardization: str, py_workers: int, prefetch: int):
     """Training clips: one window + crop + flip per sample.
 
-    Outputs: clips (C, T, crop, crop) float32, label () int32, row () int64, start () int32,
-    crop (2,) int32 [x, y], flip () int32.
+    Outputs: clips (C, T, crop, crop) uint8, scale and shift float32 (`augment`: the float clip is
+    clips * scale + shift), label () int32, row () int64, start () int32, crop (2,) int32 [x, y],
+    flip () int32.
     """
     encoded, label, start, crop_xy, flip, row, *size = _source_node(
         source, source.num_outputs, py_workers, prefetch)
     frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu", start_frame=start,
                           sequence_length=clip_len, stride=stride)  # (T, H, W, C)
-    clips = augment(frames, crop=crop, crop_xy=crop_xy, flip=flip, size=size[0] if size else None,
-                    standardization=standardization)  # (C, T, crop, crop)
-    return clips, label, row, start, crop_xy, flip
+    clips, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, flip=flip,
+                                  size=size[0] if size else None,
+                                  standardization=standardization)  # (C, T, crop, crop) uint8
+    return clips, scale, shift, label, row, start, crop_xy, flip
 
 
 @pipeline_def
@@ -223,15 +233,22 @@ def eval_graph(source: EvalSource, *, device: str, num_clips: int, clip_len: int
                standardization: str, py_workers: int, prefetch: int):
     """Evaluation: decode each whole video once, gather its N clips, centre crop.
 
-    Outputs: clips (N, C, T, crop, crop) float32, label () int32, video () int32, row () int64.
+    Outputs: clips (N, C, T, crop, crop) uint8, scale and shift float32 ((N, 1, T, 1, 1) or
+    (1, C, 1, 1, 1): the float clips are clips * scale + shift), label () int32, video () int32,
+    row () int64.
     """
     encoded, label, video, frame_idx, crop_xy, row, *size = _source_node(
         source, source.num_outputs, py_workers, prefetch)
     frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu")  # (F, H, W, C)
     # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (DESIGN.md).
     frames = fn.sequence_rearrange(frames, new_order=frame_idx)  # (N*T, H, W, C)
-    x = augment(frames, crop=crop, crop_xy=crop_xy, size=size[0] if size else None,
-                standardization=standardization)  # (C, N*T, crop, crop)
+    x, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, size=size[0] if size else None,
+                              standardization=standardization)  # (C, N*T, crop, crop) uint8
     x = fn.reshape(x, shape=[3, num_clips, clip_len, crop, crop], layout="")  # (C,N*T,H,W) -> (C,N,T,H,W)
     x = fn.transpose(x, perm=[1, 0, 2, 3, 4])  # (C,N,T,H,W) -> (N,C,T,H,W)
-    return x, label, video, row
+    if standardization == "per_frame":  # (1, N*T, 1, 1) -> (1, N, T, 1, 1) -> (N, 1, T, 1, 1)
+        scale, shift = (fn.transpose(fn.reshape(t, shape=[1, num_clips, clip_len, 1, 1], layout=""),
+                                     perm=[1, 0, 2, 3, 4]) for t in (scale, shift))
+    else:  # per channel: (C, 1, 1, 1) -> (1, C, 1, 1, 1)
+        scale, shift = (fn.reshape(t, shape=[1, 3, 1, 1, 1], layout="") for t in (scale, shift))
+    return x, scale, shift, label, video, row

@@ -191,11 +191,12 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int):
 def image_train_graph(source: ImageTrainSource, *, device: str, clip_len: int, crop: int,
                       standardization: str, py_workers: int, prefetch: int):
     """Pseudo-video training clips from still images; outputs as `graphs.train_graph`:
-    clips (C, T, crop, crop) float32, label () int32, row () int64, start () int32,
+    clips (C, T, crop, crop) uint8, scale, shift, label () int32, row () int64, start () int32,
     crop (2,) int32, flip () int32."""
     encoded, label, matrix, flip, row, start, crop_xy = _source_node(
         source, source.num_outputs, py_workers, prefetch)
     frames = pan_zoom(encoded, matrix, device=device, clip_len=clip_len, size=crop)  # (T, crop, crop, C)
     # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
-    clips = augment(frames, crop=crop, crop_xy=[0, 0], flip=flip, standardization=standardization)  # (C, T, crop, crop)
-    return clips, label, row, start, crop_xy, flip
+    clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=flip,
+                                  standardization=standardization)  # (C, T, crop, crop) uint8
+    return clips, scale, shift, label, row, start, crop_xy, flip

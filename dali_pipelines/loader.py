@@ -51,8 +51,18 @@ def _pipeline_kwargs(cfg, graph_device: str, local_rank: int) -> dict:
                 prefetch=cfg.prefetch)
 
 
+def standardize(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The graphs' last step (graphs.augment): uint8 clips -> float32 `clips * scale + shift`.
+
+    Done in torch on the batch's device: three vectorized passes (about 0.2 CPU-ms per 16-frame
+    clip on one core; `torch.addcmul` with a uint8 operand is 10x slower).
+    """
+    return clips.float().mul_(scale).add_(shift)
+
+
 class _Loader:
-    """Shared mechanics: lazy build at the first iteration, conversion to torch on `device`."""
+    """Shared mechanics: lazy build at the first iteration, conversion to torch on `device`,
+    the standardization's final affine pass."""
 
     names: tuple[str, ...]
 
@@ -68,8 +78,9 @@ class _Loader:
         if self._iter is None:
             # Building runs the first batches (prefetch), so the offset must be final by now.
             self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
-        out = next(self._iter)[0]
-        return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+        out = {k: v.to(self.device, non_blocking=True) for k, v in next(self._iter)[0].items()}
+        out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
+        return out
 
     @property
     def started(self) -> bool:
@@ -88,7 +99,7 @@ class TrainLoader(_Loader):
     restored at position 23 -> the first loop yields 7 batches (epoch 2), then 10 per loop.
     """
 
-    names = ("clips", "labels", "index", "start", "crop", "flip")
+    names = ("clips", "scale", "shift", "labels", "index", "start", "crop", "flip")
 
     def __init__(self, cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):
@@ -179,7 +190,7 @@ class EvalLoader(_Loader):
     exactly once with video >= 0.
     """
 
-    names = ("clips", "labels", "video", "index")
+    names = ("clips", "scale", "shift", "labels", "video", "index")
 
     def __init__(self, cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):

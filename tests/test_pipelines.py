@@ -101,10 +101,11 @@ def test_train_dump_matches_pyav(shard_sets, tmp_path, standardization, clip_len
         np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
 
 
-def test_eval_dump_matches_pyav_centre_crop_uniform_clips(shard_sets, tmp_path):
+@pytest.mark.parametrize("standardization", ["per_frame", "mean_std"])
+def test_eval_dump_matches_pyav_centre_crop_uniform_clips(shard_sets, tmp_path, standardization):
     n_clips = 3
     d = run_dump(tmp_path, shard_sets["eval"], "eval", "--batches", "3", "--batch-size", "3",
-                 "--num-clips", str(n_clips), "--standardization", "per_frame")
+                 "--num-clips", str(n_clips), "--standardization", standardization)
     table = load_shards(shard_sets["eval"])
     assert d["clips"].shape == (9, n_clips, 3, 16, 112, 112)
     assert sorted(d["video"][d["video"] >= 0].tolist()) == list(range(table.num_videos))
@@ -117,7 +118,7 @@ def test_eval_dump_matches_pyav_centre_crop_uniform_clips(shard_sets, tmp_path):
             start = (k * max(f - 16, 0)) // (n_clips - 1)
             idx = np.minimum(start + np.arange(16), f - 1)
             y, x = (h - 112) // 2, (w - 112) // 2
-            expected = standardize(ref[idx, y:y + 112, x:x + 112], "per_frame").transpose(3, 0, 1, 2)
+            expected = standardize(ref[idx, y:y + 112, x:x + 112], standardization).transpose(3, 0, 1, 2)
             np.testing.assert_array_less(np.abs(d["clips"][b, k] - expected).max(), 1e-4)
 
 
