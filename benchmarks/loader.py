@@ -15,8 +15,12 @@ decode the same windows of the same shards; only the machinery differs:
   (the shard table's offset/size) and decode the window with decord from memory;
 - `dataloader_pyav`: the same DataLoader with PyAV: seek to the keyframe before the window, decode
   forward, convert only the window's frames;
-- `dali_whole_video`: our graph on a whole-video build of the same videos (`--segment-frames 0`),
-  to show what segmenting buys (DALI decodes from frame 0 in memory: DESIGN.md).
+- `dali_whole_video`: our graph on a whole-video webm build of the same videos (no segments, no
+  keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: DESIGN.md).
+
+On the default (ivf, keyframe-indexed) shards, the DataLoaders read a webm build of the same videos
+with the same keyframes (decord cannot open IVF), where they seek to the keyframe before the window:
+every loader then decodes the same frames per clip.
 
 Each loader runs in its own subprocess pinned to the same `--cores` CPUs (sched_setaffinity), so
 its CPU time and memory are its own. Per loader: clips/s = median of `--windows` timed windows after
@@ -24,8 +28,9 @@ its CPU time and memory are its own. Per loader: clips/s = median of `--windows`
 part / wall time; peak RSS = the largest sum of RSS over the process and its descendants (sampled
 every 0.1 s; the sum counts pages shared between forked processes once per process);
 decoded/delivered = frames the decoder has to produce per delivered frame, modelled from the
-delivered windows and the samples' keyframes (DALI from memory: from frame 0 of the stored sample
-to the window's end; decord and PyAV: from the keyframe at or before the window).
+delivered windows and the samples' keyframes (DALI: from the cut's keyframe on ivf shards, else from
+frame 0 of the stored sample, to the window's end; decord and PyAV: from the keyframe at or before
+the window).
 
 The ceiling: DALI CPU full-decode frames/s of the same samples (all frames, RGB, `--threads`
 threads, bytes preloaded) and PyAV full-decode frames/s (`--cores` processes, rgb24), the larger
@@ -255,7 +260,9 @@ def decoded_per_delivered(shards: str, rows: np.ndarray, starts: np.ndarray, see
     decoded = 0
     for row, start in zip(rows.tolist(), starts.tolist()):
         first = 0
-        if seeks:
+        if not seeks and table.kf_ptr is not None:  # DALI on an ivf set: the cut's first keyframe
+            first = table.cut(row, start, CLIP_LEN).first_frame
+        elif seeks:
             if row not in cache:
                 cache[row] = keyframes_of(table.read(row))
             kf = cache[row]
@@ -529,8 +536,10 @@ def parse_args(argv):
     p.add_argument("--shards", help="a --split train shard folder (default: synthetic shards in --cache-dir)")
     p.add_argument("--whole-shards", help="whole-video build (--segment-frames 0) of the same videos for "
                    "dali_whole_video (synthetic: built automatically; with --shards: skipped unless given)")
-    p.add_argument("--decord-shards", help="shards for dataloader_decord when decord cannot read --shards "
-                   "(e.g. an --codec h264 build of the same videos)")
+    p.add_argument("--dataloader-shards", "--decord-shards", dest="dataloader_shards",
+                   help="shards for the two DataLoaders when --shards is keyframe-indexed ivf (decord "
+                        "cannot open IVF): a --container webm --segment-frames 0 build of the same "
+                        "videos with the same --gop, where they seek to the same keyframes")
     p.add_argument("--loaders", default=",".join(LOADERS), help="comma list of " + ", ".join(LOADERS))
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="DALI backend / where batches are delivered (auto: gpu when CUDA is present)")
@@ -553,8 +562,11 @@ def parse_args(argv):
     g.add_argument("--videos", type=int, default=32)
     g.add_argument("--frames", type=int, default=250, help="frames per video (25 fps)")
     g.add_argument("--short-side", type=int, default=128)
-    g.add_argument("--segment-frames", type=int, default=64)
+    g.add_argument("--segment-frames", type=int, default=None, help="(default: the builder's)")
     g.add_argument("--codec", choices=["vp9", "h264"], default="vp9")
+    g.add_argument("--container", choices=["auto", "ivf", "webm", "mp4"], default="auto",
+                   help="the build's --container (auto: the builder's: ivf for VP9)")
+    g.add_argument("--gop", type=int, default=None, help="the build's --gop (default: the builder's)")
     return p.parse_args(argv)
 
 
@@ -608,23 +620,36 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"synthetic shards: {args.videos} videos x {args.frames} frames, short side "
               f"{args.short_side}, {args.codec} (built once, then cached)", flush=True)
-        shards = str(synthetic_shards(segment_frames=args.segment_frames, codec=args.codec, **synth))
+        shards = str(synthetic_shards(segment_frames=args.segment_frames, codec=args.codec,
+                                      container=args.container, gop=args.gop, **synth))
         whole = None
-        if "dali_whole_video" in loaders:
-            whole = str(synthetic_shards(segment_frames=0, codec=args.codec, **synth))
-    decord_shards = args.decord_shards or shards
-    if "dataloader_decord" in loaders and not args.decord_shards:
-        why = decord_reads(shards)
-        if why is not None:
-            if args.shards:
-                notes.append(f"decord cannot read {shards} ({why}); pass --decord-shards (an h264 build)")
-                loaders.remove("dataloader_decord")
-            else:
-                from benchmarks.synthetic import synthetic_shards
+        if "dali_whole_video" in loaders:  # no segments, no cutting: DALI decodes from frame 0
+            whole = str(synthetic_shards(segment_frames=0, codec=args.codec,
+                                         container="webm" if args.codec == "vp9" else "mp4", **synth))
+    dl_shards = args.dataloader_shards or shards
+    enc = json.loads((Path(shards) / "_info.json").read_text())["encoding"]
+    dataloaders = [n for n in loaders if n.startswith("dataloader")]
+    if dataloaders and not args.dataloader_shards and enc.get("container") == "ivf":
+        if args.shards:
+            notes.append(f"{shards} is an ivf build, which decord cannot open: pass --dataloader-shards "
+                         f"(a --container webm --segment-frames 0 --gop {enc['gop']} build of the same "
+                         "videos); DataLoaders skipped")
+            for n in dataloaders:
+                loaders.remove(n)
+        else:
+            from benchmarks.synthetic import synthetic_shards
 
-                decord_shards = str(synthetic_shards(segment_frames=args.segment_frames, codec="h264", **synth))
-                notes.append(f"decord cannot read the VP9 shards ({why}): dataloader_decord reads an "
-                             "H.264 build of the same videos")
+            # The same videos, whole, in webm with the same keyframes: decord and PyAV seek to the
+            # keyframe before each window, so every loader decodes the same frames per clip.
+            dl_shards = str(synthetic_shards(segment_frames=0, codec=args.codec, container="webm",
+                                             gop=enc["gop"], **synth))
+            notes.append(f"DataLoaders read {Path(dl_shards).name} (decord cannot open IVF): the same "
+                         f"videos in webm with the same keyframes (every {enc['gop']} frames)")
+    if "dataloader_decord" in loaders:
+        why = decord_reads(dl_shards)
+        if why is not None:
+            notes.append(f"decord cannot read {dl_shards} ({why}); dataloader_decord skipped")
+            loaders.remove("dataloader_decord")
     if "dali_whole_video" in loaders and not whole:
         notes.append("dali_whole_video skipped: pass --whole-shards (a --segment-frames 0 build)")
         loaders.remove("dali_whole_video")
@@ -634,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(batch_size=args.batch_size, seconds=args.seconds, windows=args.windows, warmup=args.warmup,
                 seed=args.seed, device=device, threads=threads, workers=workers, cores=cores,
                 core_ids=core_ids, py_workers=args.py_workers, prefetch=args.prefetch)
-    shards_of = {"dali": shards, "dataloader_decord": decord_shards, "dataloader_pyav": shards,
+    shards_of = {"dali": shards, "dataloader_decord": dl_shards, "dataloader_pyav": dl_shards,
                  "dali_whole_video": whole}
     machine = machine_info(core_ids)
     timeout = args.warmup + args.seconds * 3 + 240

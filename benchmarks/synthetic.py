@@ -88,8 +88,9 @@ def source_videos(cache: Path, num_videos: int, num_frames: int, width: int, hei
 
 
 def synthetic_shards(cache: Path = DEFAULT_CACHE, *, num_videos: int = 32, num_frames: int = 250,
-                     short_side: int = 128, segment_frames: int = 64, codec: str = "vp9",
-                     workers: int = 2, quiet: bool = True) -> Path:
+                     short_side: int = 128, segment_frames: int | None = None, codec: str = "vp9",
+                     container: str = "auto", gop: int | None = None, workers: int = 2,
+                     quiet: bool = True) -> Path:
     """Build (or reuse) training shards of synthetic videos; returns the shard folder.
 
     Args:
@@ -97,21 +98,31 @@ def synthetic_shards(cache: Path = DEFAULT_CACHE, *, num_videos: int = 32, num_f
         num_videos, num_frames: how many videos and frames per video (25 fps).
         short_side: the shards' short side; sources are drawn at 4:3-ish (W = round(1.34 * S)
             to even, 172x128 for 128) at that size, so no build upsamples.
-        segment_frames: the build's --segment-frames (0: whole videos, one sample each).
+        segment_frames: the build's --segment-frames (0: whole videos, one sample each; None: the
+            builder's default for the container).
         codec: 'vp9' or 'h264'.
+        container, gop: the build's --container and --gop (None: the builder's default).
         workers: encoding processes of the build.
     """
     cache = Path(cache)
     height = short_side
     width = int(round(short_side * 172 / 128 / 2)) * 2
     src = source_videos(cache, num_videos, num_frames, width, height)
-    out = cache / f"shards_{codec}_ss{short_side}_seg{segment_frames}_n{num_videos}_f{num_frames}"
+    if container == "auto":  # the builder's rule for a training build
+        container = "ivf" if codec == "vp9" else "mp4"
+    seg = "" if segment_frames is None else f"_seg{segment_frames}"
+    g = "" if gop is None else f"_g{gop}"
+    out = cache / f"shards_{codec}_{container}{g}_ss{short_side}{seg}_n{num_videos}_f{num_frames}"
     if (out / "_info.json").is_file():
         return out
     cmd = [sys.executable, "-m", "sharding.build", "--input", str(src), "--layout", "folders",
            "--split", "train", "--out", str(out), "--dataset", "synthetic", "--codec", codec,
-           "--short-side", str(short_side), "--segment-frames", str(segment_frames),
+           "--short-side", str(short_side), "--container", container,
            "--workers", str(workers), "--videos-per-shard", str(max(num_videos // 2, 1))]
+    if segment_frames is not None:
+        cmd += ["--segment-frames", str(segment_frames)]
+    if gop is not None:
+        cmd += ["--gop", str(gop)]
     if quiet:
         cmd.append("--quiet")
     subprocess.run(cmd, check=True)

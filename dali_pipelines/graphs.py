@@ -26,7 +26,7 @@ from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
 from dali_pipelines.sampler import EvalSampler, TrainSampler
-from dali_pipelines.shards import ShardTable
+from dali_pipelines.shards import IVF_HEADER, ShardTable, ivf_cut_stream
 
 # Kinetics statistics on x / 255 (DESIGN.md, the paper's transforms), RGB order.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -45,6 +45,7 @@ class _Source:
         self._offset = np.frombuffer(mmap.mmap(-1, 8), dtype=np.int64)
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+        self._table = table if table.kf_ptr is not None else None  # keyframe-indexed: cut windows
 
     @property
     def offset(self) -> int:
@@ -66,40 +67,60 @@ class _Source:
         return (sample_info.iteration * self.batch_size + sample_info.idx_in_batch
                 + int(self._offset[0]))
 
-    def read(self, row: int) -> np.ndarray:
-        """The encoded video member of a row as a (nbytes,) uint8 array."""
+    def _pread(self, row: int, begin: int, end: int) -> bytes:
+        """Bytes [begin, end) of a row's video member."""
         if os.getpid() != self._pid:  # a forked worker: do not share descriptors with the parent
             self._fds, self._pid = {}, os.getpid()
         shard = int(self.shard[row])
         fd = self._fds.get(shard)
         if fd is None:
             fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
-        size, offset = int(self.size_col[row]), int(self.offset_col[row])
-        data = os.pread(fd, size, offset)  # positionless read: safe in threads and processes
-        if len(data) != size:
-            raise IOError(f"{self.tar_paths[shard]}: short read at {offset} ({len(data)} of {size} "
-                          "bytes); the shard changed after validation")
-        return np.frombuffer(data, dtype=np.uint8)
+        offset = int(self.offset_col[row]) + begin
+        data = os.pread(fd, end - begin, offset)  # positionless read: safe in threads and processes
+        if len(data) != end - begin:
+            raise IOError(f"{self.tar_paths[shard]}: short read at {offset} ({len(data)} of "
+                          f"{end - begin} bytes); the shard changed after validation")
+        return data
+
+    def read(self, row: int) -> np.ndarray:
+        """The encoded video member of a row as a (nbytes,) uint8 array."""
+        return np.frombuffer(self._pread(row, 0, int(self.size_col[row])), dtype=np.uint8)
+
+    def read_window(self, row: int, start: int, span: int) -> tuple[np.ndarray, int]:
+        """The bytes to decode for frames [start, start + span) of a row, and where the window
+        starts in them: the whole member and `start`, or, in a keyframe-indexed (ivf) set, the
+        stream cut at the keyframes around the window (`ShardTable.cut`) and `start` minus the
+        cut's first frame. The decoder then starts at most gop - 1 frames before the window."""
+        if self._table is None:
+            return self.read(row), start
+        c = self._table.cut(row, start, span)
+        data = ivf_cut_stream(self._pread(row, 0, IVF_HEADER), self._pread(row, c.begin, c.end),
+                              c.num_frames)
+        return np.frombuffer(data, dtype=np.uint8), start - c.first_frame
 
 
 class TrainSource(_Source):
     """Per-sample callback of the training graph.
 
     Returns (numpy arrays, never numpy scalars: DALI rejects those): encoded (nbytes,) uint8,
-    label () int32, start () int32, crop (2,) int32 = [x, y], flip () int32, row () int64,
-    and only with an in-graph resize, size (2,) float32 = [width, height] to resize to.
+    label () int32, start () int32 (the window's first frame in the stored sample),
+    decode_start () int32 (the same in the encoded bytes: `read_window`), crop (2,) int32 = [x, y],
+    flip () int32, row () int64, and only with an in-graph resize, size (2,) float32 =
+    [width, height] to resize to.
     """
 
     def __init__(self, table: ShardTable, sampler: TrainSampler):
         super().__init__(table, sampler.batch_size)
         self.sampler = sampler
-        self.num_outputs = 7 if sampler.resize_short is not None else 6
+        self.num_outputs = 8 if sampler.resize_short is not None else 7
 
     def __call__(self, sample_info):
         d = self.sampler.draw(self.sample_number(sample_info))
-        out = (self.read(d.row), np.array(d.label, np.int32), np.array(d.start, np.int32),
-               np.array([d.crop_x, d.crop_y], np.int32), np.array(d.flip, np.int32),
-               np.array(d.row, np.int64), np.array([d.width, d.height], np.float32))
+        data, decode_start = self.read_window(d.row, d.start, self.sampler.span)
+        out = (data, np.array(d.label, np.int32), np.array(d.start, np.int32),
+               np.array(decode_start, np.int32), np.array([d.crop_x, d.crop_y], np.int32),
+               np.array(d.flip, np.int32), np.array(d.row, np.int64),
+               np.array([d.width, d.height], np.float32))
         return out[: self.num_outputs]  # DALI warns about (and wastes) an unused size output
 
 
@@ -143,7 +164,8 @@ def decode_video(encoded, device: str, start_frame=None, sequence_length=None, s
         DataNode (F, H, W, C) uint8 RGB, layout "FHWC".
 
     The decoder cannot seek in memory: a window costs decoding from frame 0 up to its end, which
-    is why training reads short segments (DESIGN.md).
+    is why training reads keyframe-indexed ivf samples cut at the keyframe before the window
+    (`_Source.read_window`), or short segments (DESIGN.md).
     """
     if start_frame is None:
         return fn.decoders.video(encoded, device=device)
@@ -218,9 +240,9 @@ def train_graph(source: TrainSource, *, device: str, clip_len: int, stride: int,
     clips * scale + shift), label () int32, row () int64, start () int32, crop (2,) int32 [x, y],
     flip () int32.
     """
-    encoded, label, start, crop_xy, flip, row, *size = _source_node(
+    encoded, label, start, decode_start, crop_xy, flip, row, *size = _source_node(
         source, source.num_outputs, py_workers, prefetch)
-    frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu", start_frame=start,
+    frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu", start_frame=decode_start,
                           sequence_length=clip_len, stride=stride)  # (T, H, W, C)
     clips, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, flip=flip,
                                   size=size[0] if size else None,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,6 +43,9 @@ class ShardTable:
         video_ptr, video_rows: train grouping in CSR form: the rows of video v (its segments in
             frame order) are `video_rows[video_ptr[v]:video_ptr[v + 1]]`. For an eval set each
             video is one row.
+        kf_ptr, kf_frames, kf_offsets: keyframe-indexed (ivf) sets only, else None: row r's
+            keyframes are frames `kf_frames[kf_ptr[r]:kf_ptr[r + 1]]`, their frame records start
+            at byte `kf_offsets[...]` of the member (`cut`).
     """
 
     root: Path
@@ -49,6 +54,9 @@ class ShardTable:
     columns: dict[str, np.ndarray]
     video_ptr: np.ndarray
     video_rows: np.ndarray
+    kf_ptr: np.ndarray | None = None
+    kf_frames: np.ndarray | None = None
+    kf_offsets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.columns["keys"])
@@ -80,6 +88,46 @@ class ShardTable:
         with open(self.tar_paths[int(self.columns["shard"][row])], "rb") as f:
             f.seek(int(self.columns["offset"][row]))
             return f.read(int(self.columns["size"][row]))
+
+    def cut(self, row: int, start: int, span: int) -> Cut | None:
+        """Where to cut row `row` for the frames [start, start + span) (ivf sets; None otherwise).
+
+        The cut runs from the last keyframe at or before `start` to the first keyframe at or after
+        `start + span` (or the end): a stream that decodes on its own and holds the window.
+        Example: keyframes 0, 16, 32, 48 of 64 frames, window [20, 36) -> frames [16, 48),
+        the window is frames 4..19 of the cut.
+        """
+        if self.kf_ptr is None:
+            return None
+        lo, hi = int(self.kf_ptr[row]), int(self.kf_ptr[row + 1])
+        frames = self.kf_frames[lo:hi]
+        k = lo + int(np.searchsorted(frames, start, side="right")) - 1
+        j = lo + int(np.searchsorted(frames, start + span, side="left"))
+        nf, size = int(self.columns["num_frames"][row]), int(self.columns["size"][row])
+        end_frame, end_byte = (int(self.kf_frames[j]), int(self.kf_offsets[j])) if j < hi else (nf, size)
+        first = int(self.kf_frames[k])
+        return Cut(int(self.kf_offsets[k]), end_byte, first, end_frame - first)
+
+
+class Cut(NamedTuple):
+    """Bytes [begin, end) of a member hold frames [first_frame, first_frame + num_frames); the
+    decodable stream is the member's 32-byte IVF header (frame count set to num_frames) + them."""
+
+    begin: int
+    end: int
+    first_frame: int
+    num_frames: int
+
+
+IVF_HEADER = 32
+
+
+def ivf_cut_stream(header: bytes, body: bytes, num_frames: int) -> bytes:
+    """The IVF stream of a cut: the member's file header with its frame count (bytes 24..27) set to
+    `num_frames`, then the cut's frame records."""
+    h = bytearray(header[:IVF_HEADER])
+    struct.pack_into("<I", h, 24, num_frames)
+    return bytes(h) + body
 
 
 def _fail(path: Path | str, what: str, fix: str = _REBUILD) -> ShardError:
@@ -131,6 +179,7 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
         raise _fail(info_path, "the manifest lists no shards (no video was stored; see its `errors`)",
                     "check the build's input and errors, then rebuild")
 
+    keyframed = (info.get("encoding") or {}).get("container") == "ivf"
     tar_paths, parts = [], []
     for s_idx, shard in enumerate(shards):
         tar, idx, table_path = (root / shard[k] for k in ("path", "index", "table"))
@@ -156,9 +205,17 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
         if n and int((part["offset"] + part["size"]).max()) > tar_size:
             raise _fail(table_path, "a sample's byte range ends past the end of its tar")
         part["shard"] = np.full(n, s_idx, dtype=np.int64)
+        if keyframed:
+            part.update(_keyframe_columns(table, table_path, part))
         tar_paths.append(str(tar.resolve()))
         parts.append(part)
 
+    kf = {}
+    if keyframed:  # the per-shard CSR parts -> one CSR over all rows
+        counts = np.concatenate([np.diff(p.pop("kf_ptr")) for p in parts])
+        kf = {"kf_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+              "kf_frames": np.concatenate([p.pop("kf_frames") for p in parts]),
+              "kf_offsets": np.concatenate([p.pop("kf_offsets") for p in parts])}
     columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
     n = len(columns["keys"])
     if n != info.get("num_samples"):
@@ -171,7 +228,24 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
         raise _fail(info_path, f"shards hold {len(video_ptr) - 1} videos, the manifest says "
                     f"{info.get('num_videos')}")
     _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
-    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows)
+    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **kf)
+
+
+def _keyframe_columns(table: dict, table_path: Path, part: dict) -> dict:
+    """Validated CSR arrays of an ivf shard's keyframe columns."""
+    frames, offsets = table.get("keyframes"), table.get("keyframe_offsets")
+    if frames is None or offsets is None or len(frames) != len(part["keys"]) or len(offsets) != len(frames):
+        raise _fail(table_path, "keyframes / keyframe_offsets columns missing or of the wrong length "
+                    "(an ivf build must list every sample's keyframes)")
+    for i, (f, o) in enumerate(zip(frames, offsets)):
+        if (len(f) != len(o) or not f or f[0] != 0 or any(b <= a for a, b in zip(f, f[1:]))
+                or any(b <= a for a, b in zip(o, o[1:])) or o[0] < IVF_HEADER or o[-1] >= part["size"][i]
+                or f[-1] >= part["num_frames"][i]):
+            raise _fail(table_path, f"row {i} ({part['keys'][i]}): keyframe table is inconsistent "
+                        "(must start at frame 0, increase, and lie inside the sample)")
+    ptr = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
+    flat = lambda col: np.asarray([x for row in col for x in row], dtype=np.int64)  # noqa: E731
+    return {"kf_ptr": ptr, "kf_frames": flat(frames), "kf_offsets": flat(offsets)}
 
 
 def _group_by_video(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
-from sharding.encode import CODECS, VideoError, decode, encode
+from sharding.encode import CODECS, CONTAINERS, VideoError, decode, encode, ivf_keyframes
 from sharding.images import process_image
 from sharding.layouts import LayoutError, VideoItem, list_inputs
 from sharding.segments import plan_segments
@@ -62,9 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, help="output frame rate (default: the input's average rate)")
     p.add_argument("--crf", type=int, default=32, help="encoder constant-quality level")
     p.add_argument("--speed", type=int, default=5, help="VP9 cpu-used (0 slowest/best .. 8 fastest)")
-    p.add_argument("--gop", type=int, default=64, help="keyframe interval")
-    p.add_argument("--segment-frames", type=int, default=64,
-                   help="--split train: frames per stored segment (0: whole videos)")
+    p.add_argument("--container", choices=["auto", "ivf", "webm", "mp4"], default="auto",
+                   help="auto: ivf for VP9 training builds (keyframe-indexed whole videos: the loader "
+                        "cuts each window's bytes at the keyframe before it), webm for VP9 eval "
+                        "builds, mp4 for H.264")
+    p.add_argument("--gop", type=int, default=None,
+                   help="keyframe interval (default: 16 in ivf, where it bounds a window's extra decode, "
+                        "else 64)")
+    p.add_argument("--segment-frames", type=int, default=None,
+                   help="--split train: frames per stored segment, 0: whole videos (default: 0 in ivf, "
+                        "which needs no segments, else 64)")
     p.add_argument("--clip-span", type=int, default=16,
                    help="frames one training window covers ((clip_len-1)*stride+1); segments overlap by span-1")
     p.add_argument("--image-min-side", type=int, default=172, help="--layout images: upscale smaller short sides to this")
@@ -81,6 +88,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace a different build already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     args = p.parse_args(argv)
+    if args.container == "auto":
+        args.container = "ivf" if args.codec == "vp9" and args.split == "train" else CODECS[args.codec][1]
+    if args.container not in CONTAINERS[args.codec]:
+        p.error(f"--codec {args.codec} is stored in {' or '.join(CONTAINERS[args.codec])}, not {args.container}")
+    if args.gop is None:
+        args.gop = 16 if args.container == "ivf" else 64
+    if args.segment_frames is None:
+        args.segment_frames = 0 if args.container == "ivf" else 64
+    if args.gop < 1:
+        p.error(f"--gop must be >= 1, got {args.gop}")
     if args.short_side < 2 or args.short_side % 2:
         p.error(f"--short-side must be even and >= 2, got {args.short_side}")
     if args.segment_frames and args.segment_frames < args.clip_span:
@@ -128,11 +145,12 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
             segments = plan_segments(n, opts["clip_span"], opts["segment_frames"] or None)
         else:
             segments = plan_segments(n, opts["clip_span"], None)
-        ext = CODECS[opts["codec"]][2]
+        ext = opts["container"]
         samples = []
         for s, seg in enumerate(segments):
             data = encode(video.frames[seg.first_frame: seg.first_frame + seg.num_frames], video.width,
-                          video.height, video.fps, opts["codec"], opts["crf"], opts["speed"], opts["gop"])
+                          video.height, video.fps, opts["codec"], opts["crf"], opts["speed"], opts["gop"],
+                          opts["container"])
             key = item.video_id if opts["split"] == "eval" else f"{item.video_id}_s{s:03d}"
             meta = {
                 "key": key, "video_id": item.video_id, "class_name": item.class_name, "label": label,
@@ -142,6 +160,8 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
                 "width": video.width, "height": video.height, "short": n < opts["clip_span"],
                 "vfr_converted": video.vfr, "src_width": video.src_width, "src_height": video.src_height,
             }
+            if ext == "ivf":  # where a reader may cut the stream (FORMAT.md)
+                meta["keyframes"], meta["keyframe_offsets"] = ivf_keyframes(data)
             samples.append((key, ext, data, meta))
         return {"video_id": item.video_id, "samples": samples, "bytes_in": bytes_in, "short": n < opts["clip_span"]}
     except VideoError as e:
@@ -156,7 +176,7 @@ def _identity(args, listing_digest: str, classes: list[str]) -> dict:
     """What makes two builds the same build (resume) or different ones (refuse)."""
     return {
         "format_version": FORMAT_VERSION, "split": args.split, "layout": args.layout,
-        "inputs_sha256": listing_digest, "classes": classes, "codec": args.codec,
+        "inputs_sha256": listing_digest, "classes": classes, "codec": args.codec, "container": args.container,
         "short_side": args.short_side, "fps": args.fps, "crf": args.crf, "speed": args.speed, "gop": args.gop,
         "segment_frames": args.segment_frames if args.split == "train" else None,
         "clip_span": args.clip_span, "videos_per_shard": args.videos_per_shard, "seed": args.seed,
@@ -292,6 +312,7 @@ def build(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     opts = {"split": args.split, "short_side": args.short_side, "fps": args.fps, "codec": args.codec,
+            "container": args.container,
             "crf": args.crf, "speed": args.speed, "gop": args.gop, "clip_span": args.clip_span,
             "segment_frames": args.segment_frames, "media": "image" if args.layout == "images" else "video",
             "image_min_side": args.image_min_side, "image_max_side": args.image_max_side,
@@ -333,7 +354,7 @@ def build(args: argparse.Namespace) -> int:
         "num_inputs": num_inputs,
         "num_excluded_class_videos": num_excluded,
         "shards": shards,
-        "encoding": {"codec": args.codec, "ext": CODECS[args.codec][2], "container": CODECS[args.codec][1],
+        "encoding": {"codec": args.codec, "ext": args.container, "container": args.container,
                      "short_side": args.short_side, "fps": args.fps, "pix_fmt": "yuv420p",
                      "segment_frames": (args.segment_frames or None) if args.split == "train" else None,
                      "clip_span": args.clip_span, "crf": args.crf, "speed": args.speed, "gop": args.gop},

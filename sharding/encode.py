@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
-# codec -> (PyAV encoder, container format, member extension)
+# codec -> (PyAV encoder, default container format, its member extension)
 CODECS = {
     "vp9": ("libvpx-vp9", "webm", "webm"),
     "h264": ("libx264", "mp4", "mp4"),
 }
+# codec -> the containers it can be stored in (the container's name is the member's extension).
+# IVF (VP8/VP9 only) is a 32-byte file header plus one 12-byte record header per frame, so a reader
+# can cut out a valid stream that starts at any keyframe (FORMAT.md "keyframe-indexed samples").
+CONTAINERS = {"vp9": ("webm", "ivf"), "h264": ("mp4",)}
+IVF_HEADER = 32
 
 
 class VideoError(Exception):
@@ -153,16 +159,21 @@ def decode(path: str, short_side: int = 128, fps: float | None = None) -> Decode
 
 
 def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, codec: str = "vp9",
-           crf: int = 32, speed: int = 5, gop: int = 64) -> bytes:
-    """Encode yuv420p frames into one in-memory container (webm for VP9, mp4 for H.264).
+           crf: int = 32, speed: int = 5, gop: int = 64, container: str | None = None) -> bytes:
+    """Encode yuv420p frames into one in-memory container (webm or ivf for VP9, mp4 for H.264).
 
     The stream starts with a keyframe, so every stored sample decodes on its own. One encoder thread:
-    the builder runs one process per core, and a single thread keeps the bytes reproducible.
+    the builder runs one process per core, and a single thread keeps the bytes reproducible. In an
+    ivf container the keyframes are forced to every `gop`-th frame exactly (minimum = maximum
+    keyframe distance), so a window's decode never starts more than gop - 1 frames early.
 
     Raises:
         VideoError: if the muxed packet count differs from the frame count (a frame was lost).
     """
     enc_name, container_fmt, _ = CODECS[codec]
+    container_fmt = container or container_fmt
+    if container_fmt not in CONTAINERS[codec]:
+        raise ValueError(f"{codec} cannot be stored in {container_fmt} (choose from {CONTAINERS[codec]})")
     buf = io.BytesIO()
     # bitexact: no random segment UID or muxer version string, so the same frames give the same bytes
     out = av.open(buf, "w", format=container_fmt, options={"fflags": "+bitexact"})
@@ -173,6 +184,8 @@ def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, cod
     if codec == "vp9":
         stream.options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": str(speed),
                           "lag-in-frames": "0", "auto-alt-ref": "0"}
+        if container_fmt == "ivf":
+            stream.options = {**stream.options, "keyint_min": str(gop)}
     else:
         stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
     packets = 0
@@ -189,3 +202,40 @@ def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, cod
     if packets != len(frames):
         raise VideoError(f"encoder produced {packets} packets for {len(frames)} frames")
     return buf.getvalue()
+
+
+def ivf_frame_offsets(data: bytes) -> list[int]:
+    """Byte offset of each frame record (its 12-byte header) in an IVF file, in stream order.
+
+    Raises:
+        VideoError: not an IVF file, or a record runs past the end (truncated).
+    """
+    if len(data) < IVF_HEADER or data[:4] != b"DKIF":
+        raise VideoError("not an IVF stream")
+    offsets, pos = [], int(struct.unpack_from("<H", data, 6)[0])
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise VideoError(f"IVF frame record at byte {pos} is truncated")
+        offsets.append(pos)
+        pos += 12 + struct.unpack_from("<I", data, pos)[0]
+    if pos != len(data):
+        raise VideoError(f"IVF frame record at byte {offsets[-1]} runs past the end")
+    return offsets
+
+
+def ivf_keyframes(data: bytes) -> tuple[list[int], list[int]]:
+    """(frame indices, record byte offsets) of the keyframes of an IVF VP9 stream.
+
+    Every frame is one record here (no alt-ref / hidden frames: `encode` turns them off), so record
+    i is frame i; the keyframe flags come from the demuxer.
+    """
+    offsets = ivf_frame_offsets(data)
+    with av.open(io.BytesIO(data)) as c:
+        flags = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    if len(flags) != len(offsets):
+        raise VideoError(f"IVF stream has {len(offsets)} records but {len(flags)} packets")
+    frames = [i for i, k in enumerate(flags) if k]
+    if not frames or frames[0] != 0:
+        raise VideoError("IVF stream does not start with a keyframe")
+    return frames, [offsets[i] for i in frames]
+

@@ -18,6 +18,8 @@ import numpy as np
 MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
 TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames", "first_frame",
                  "segment", "own_start", "own_count", "width", "height", "offset", "size")
+# ivf samples only: per sample, the keyframes' frame indices and record byte offsets in the member
+KEYFRAME_COLUMNS = ("keyframes", "keyframe_offsets")
 
 
 def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[str, bytes]]:
@@ -105,6 +107,9 @@ def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> 
                                  ("width", meta["width"]), ("height", meta["height"]),
                                  ("offset", video_at[0]), ("size", video_at[1])):
                     table[col].append(val)
+                for col in KEYFRAME_COLUMNS:
+                    if col in meta:
+                        table.setdefault(col, []).append(meta[col])
         raw.flush()
         os.fsync(raw.fileno())
     size = tmp.stat().st_size

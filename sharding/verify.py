@@ -18,7 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sharding.shardio import TABLE_COLUMNS, read_member, sha256_file
+from sharding.encode import ivf_keyframes
+from sharding.shardio import KEYFRAME_COLUMNS, TABLE_COLUMNS, read_member, sha256_file
 
 
 def count_frames(data: bytes) -> tuple[int, int, int]:
@@ -42,7 +43,8 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True) -> list
     if sha256_file(tar_path) != entry["sha256"]:
         problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced)")
     table = json.loads((root / entry["table"]).read_text())
-    if sorted(table) != sorted(TABLE_COLUMNS) or len({len(v) for v in table.values()}) != 1:
+    expected = TABLE_COLUMNS + (KEYFRAME_COLUMNS if ext == "ivf" else ())
+    if sorted(table) != sorted(expected) or len({len(v) for v in table.values()}) != 1:
         return problems + [f"{root / entry['table']}: malformed table"]
     if len(table["keys"]) != entry["num_samples"]:
         problems.append(f"{root / entry['table']}: {len(table['keys'])} samples, manifest says {entry['num_samples']}")
@@ -78,7 +80,10 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True) -> list
             problems.append(f"{tar_path}: {key}: json/label/frames members disagree with the table")
         if decode:
             try:
-                n, w, h = count_frames(read_member(tar_path, table["offset"][i], table["size"][i]))
+                data = read_member(tar_path, table["offset"][i], table["size"][i])
+                n, w, h = count_frames(data)
+                if ext == "ivf" and list(ivf_keyframes(data)) != [table[c][i] for c in KEYFRAME_COLUMNS]:
+                    problems.append(f"{tar_path}: {key}.ivf keyframes differ from the table's")
             except Exception as e:
                 problems.append(f"{tar_path}: {key}.{ext} does not decode: {e}")
                 continue

@@ -18,12 +18,12 @@ BATCH = 2
 
 @pytest.fixture(scope="module")
 def loader_run(tmp_path_factory):
-    """One `python -m benchmarks.loader` run over tiny shards (4 videos x 40 frames, 32-frame
-    segments so the segmented and whole-video builds differ), about 1.5 s per loader."""
+    """One `python -m benchmarks.loader` run over tiny shards (4 videos x 40 frames; the default
+    ivf build, keyframes every 16 frames, and its webm twins), about 1.5 s per loader."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "result.json"
     cmd = [sys.executable, "-m", "benchmarks.loader", "--cache-dir", str(tmp / "cache"), "--videos", "4",
-           "--frames", "40", "--segment-frames", "32", "--seconds", "1.2", "--windows", "2",
+           "--frames", "40", "--seconds", "1.2", "--windows", "2",
            "--warmup", "0.3", "--batch-size", str(BATCH), "--device", "cpu", "--json", str(out),
            "--out-dir", str(tmp)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -56,13 +56,18 @@ def test_every_loader_delivers_training_clips(loader_run):
         assert r["dtype"] == "float32", r["loader"]
 
 
-def test_whole_video_layout_decodes_more(loader_run):
+def test_ivf_cut_decodes_less_than_whole_webm(loader_run):
     res, _, _ = loader_run
     by = {r["loader"]: r for r in res["results"]}
-    whole = json.loads(Path(by["dali_whole_video"]["shards"], "_info.json").read_text())
-    seg = json.loads(Path(by["dali"]["shards"], "_info.json").read_text())
-    assert whole["encoding"]["segment_frames"] is None and seg["encoding"]["segment_frames"] == 32
-    assert whole["num_samples"] == whole["num_videos"] < seg["num_samples"]
+    whole = json.loads(Path(by["dali_whole_video"]["shards"], "_info.json").read_text())["encoding"]
+    ivf = json.loads(Path(by["dali"]["shards"], "_info.json").read_text())["encoding"]
+    twin = json.loads(Path(by["dataloader_decord"]["shards"], "_info.json").read_text())["encoding"]
+    assert (ivf["container"], ivf["gop"]) == ("ivf", 16) and whole["container"] == "webm"
+    assert (twin["container"], twin["gop"]) == ("webm", 16)  # the DataLoaders seek to the same keyframes
+    # windows start uniformly in 0..24 of 40 frames: from frame 0 that is 28 frames per 16 on
+    # average, from the keyframe before the window 23.5 (keyframes 0, 16, 32)
+    assert by["dali"]["decoded_per_delivered"] < by["dali_whole_video"]["decoded_per_delivered"]
+    assert by["dali"]["decoded_per_delivered"] <= 1 + 15 / 16
 
 
 def test_dataloader_decoders_agree(loader_run):

