@@ -98,8 +98,10 @@ class TrainSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.span = clip_span(clip_len, stride)
-        if self.span > table.clip_span:
+        segmented = len(table.video_ptr) > 1 and int(np.diff(table.video_ptr).max()) > 1
+        if self.span > table.clip_span and segmented:
             # Segments overlap by clip_span - 1 frames; a longer window could cross a segment's end.
+            # (Whole videos, keyframe-indexed or not, serve any span.)
             raise ValueError(f"a clip of {clip_len} frames with stride {stride} spans {self.span} "
                              f"frames but {table.root} was built for clip_span {table.clip_span}; "
                              f"rebuild the shards with --clip-span {self.span} (or more)")

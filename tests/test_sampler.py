@@ -44,9 +44,12 @@ def draws(sampler: TrainSampler, n: int):
     return [sampler.draw(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("clip_len,stride", [(16, 1), (8, 1), (8, 2)])
-def test_window_starts_uniform_and_inside_segment(clip_len, stride):
-    table = make_table()
+@pytest.mark.parametrize("clip_len,stride,segment_frames", [
+    (16, 1, 64), (8, 1, 64), (8, 2, 64), (16, 1, None), (32, 1, None), (12, 3, None)])
+def test_window_starts_uniform_and_inside_segment(clip_len, stride, segment_frames):
+    """Segmented builds serve spans up to the build's; whole videos (keyframe-indexed: segment_frames
+    None) serve any span, longer than the build's 16 too."""
+    table = make_table(segment_frames=segment_frames)
     s = TrainSampler(table, batch_size=7, seed=3, clip_len=clip_len, stride=stride, epoch_clips=7 * 2000)
     span = (clip_len - 1) * stride + 1
     frames = video_frames(table)
@@ -67,6 +70,12 @@ def test_window_starts_uniform_and_inside_segment(clip_len, stride):
         assert obs.sum() == sum(counts[v].values()), "a start outside 0..W-1"
         if w > 1:
             assert stats.chisquare(obs).pvalue > 1e-3, (v, obs)
+
+
+def test_longer_span_than_the_build_refused_only_for_segments():
+    with pytest.raises(ValueError, match="rebuild the shards with --clip-span 32"):
+        TrainSampler(make_table(), batch_size=1, clip_len=32)
+    TrainSampler(make_table(segment_frames=None), batch_size=1, clip_len=32)
 
 
 def test_crop_uniform_and_flip_half():
