@@ -68,13 +68,23 @@ def test_import_gives_the_same_outputs(released, tmp_path):
     assert "extra dense layer: classifier = Linear(300 -> 7)" in text
     assert "network = 'r2plus1d_18'" in text  # the opt summary
     assert "extra_heads" not in ckpt
+    # the paper's training classes travel with it (evaluation without the Kinetics shards)
+    classes = ckpt["train_classes"]
+    assert len(classes) == 664 and [c["label"] for c in classes] == list(range(664))
+    assert {"abseiling", "acting in play"} <= {c["text"] for c in classes}
+    assert "playing guitar" not in {c["name"] for c in classes}
+    assert "archery" not in {c["name"] for c in classes}  # one of the 36 excluded (too close to UCF101)
 
 
 def test_keep_extra_head_and_cli(released, tmp_path, capsys):
     _, path = released
-    assert main([str(path), str(tmp_path / "ours.pt"), "--keep-extra-head"]) == 0
+    names = tmp_path / "classes.txt"
+    names.write_text("# my run\nplaying guitar\nabseiling\n")
+    assert main([str(path), str(tmp_path / "ours.pt"), "--keep-extra-head", "--train-classes", str(names)]) == 0
     ckpt = load_checkpoint(tmp_path / "ours.pt")
     assert ckpt["extra_heads"]["classifier"]["weight"].shape == (7, 300)
+    assert ckpt["train_classes"] == [{"label": 0, "name": "abseiling", "text": "abseiling"},
+                                     {"label": 1, "name": "playing guitar", "text": "playing guitar"}]
     assert "NOT PLACED: mystery" in capsys.readouterr().out
 
 

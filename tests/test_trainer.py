@@ -158,6 +158,29 @@ def test_evaluate_cli_on_a_checkpoint(full_run):
     assert {r["protocol"] for r in rows} == {"all_classes", "generalized"} and rows[0]["clips"] == 2
 
 
+def test_evaluate_without_training_shards_uses_the_checkpoints_classes(full_run, tmp_path):
+    out, _ = full_run
+    ckpt = out / "checkpoints" / "ckpt_0000006.pt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["train_classes"]
+    cmd = [sys.executable, "-m", "trainer.evaluate", str(out.parent / "full.yaml"), f"checkpoint={ckpt}",
+           f"data.train.shards={tmp_path / 'gone'}", f"run.out_dir={tmp_path / 'eval'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"training classes: {len(saved)} from {ckpt}" in r.stdout + r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
+    before = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # the same checkpoint, the same classes: the same accuracies as with the shards present
+    last = {(x["dataset"], x["protocol"]): x["top1"] for x in before if x["step"] == 6 and x["clips"] == 2}
+    assert {(x["dataset"], x["protocol"]): x["top1"] for x in rows} == last
+    # a checkpoint without classes and no shards: a clear error naming both
+    bare = tmp_path / "bare.pt"
+    torch.save({k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=True).items()
+                if k != "train_classes"}, bare)
+    r = subprocess.run([*cmd[:4], f"checkpoint={bare}", *cmd[5:]], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode != 0 and "lists none" in r.stdout + r.stderr and "gone" in r.stdout + r.stderr
+
+
 def test_nan_loss_stops_with_step_keys_and_checkpoint(shards, tmp_path):
     cfg = make_config(shards, tmp_path / "nan", **{"optim.lr": 1e30})
     r = torchrun(cfg)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from sharding.class_names import class_text, load_class_list, read_class_list
 from trainer.model import BACKBONES, build_model
 
 _BACKBONE_CHILDREN = {0: "stem", 1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}  # 5 = avgpool, no tensors
@@ -97,10 +98,23 @@ def infer_backbone(keys) -> str:
                      f"{ {n: l for n, (_, l) in BACKBONES.items()} }")
 
 
+def paper_train_classes(path: Path | None = None, dataset: str = "kinetics700") -> list[dict]:
+    """The training classes stored in an imported checkpoint, as a shard manifest lists them
+    ({label, name, text}, labels in sorted name order): the class names in `path` (one per line), or
+    by default the paper's 664 = Kinetics-700 minus its 36 excluded classes."""
+    if path is not None:
+        names = read_class_list(path)
+    else:
+        excluded = set(load_class_list("excluded_kinetics700_paper"))
+        names = [n for n in load_class_list("kinetics700") if n not in excluded]
+    return [{"label": i, "name": n, "text": class_text(n, dataset)} for i, n in enumerate(sorted(set(names)))]
+
+
 def import_checkpoint(src: Path, dst: Path, trusted: bool = False, keep_extra_head: bool = False,
-                      out=None) -> dict:
+                      out=None, train_classes: list[dict] | None = None) -> dict:
     """Convert `src` into our checkpoint `dst`; returns a report {placed, unplaced, extra_dense, filled}.
-    The report is printed to `out` (default: stdout)."""
+    The report is printed to `out` (default: stdout). `train_classes` (default: `paper_train_classes()`)
+    go into the checkpoint, so `trainer.evaluate` runs without the training shards."""
     out = out if out is not None else sys.stdout
     obj = load_source(src, trusted)
     if isinstance(obj, dict) and "state_dict" in obj:
@@ -166,6 +180,7 @@ def import_checkpoint(src: Path, dst: Path, trusted: bool = False, keep_extra_he
               file=out)
 
     ckpt = {"model": model.state_dict(), "step": 0, "epoch": 0,
+            "train_classes": train_classes if train_classes is not None else paper_train_classes(),
             "imported_from": {"path": str(src), "sha256": hashlib.sha256(Path(src).read_bytes()).hexdigest(),
                               "opt": opt_dict, "accuracy": plain(accuracy),
                               "unplaced": [[k, list(s)] for k, s, _ in unplaced]}}
@@ -191,13 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", type=Path, help="our checkpoint to write (.pt)")
     p.add_argument("--trusted", action="store_true",
                    help="allow torch.load(weights_only=False) when the safe load fails (TRUSTED FILES ONLY)")
+    p.add_argument("--train-classes", type=Path,
+                   help="class names the checkpoint was trained on, one per line (default: the paper's "
+                        "664 Kinetics-700 classes); stored for evaluation without the training shards")
+    p.add_argument("--train-dataset", default="kinetics700",
+                   help="dataset whose class-name rules turn --train-classes into embedded text")
     p.add_argument("--keep-extra-head", action="store_true",
                    help="store extra dense layers (e.g. a num_classes classifier) in DST['extra_heads']")
     args = p.parse_args(argv)
     if not args.src.is_file():
         print(f"error: {args.src} does not exist", file=sys.stderr)
         return 2
-    import_checkpoint(args.src, args.dst, args.trusted, args.keep_extra_head)
+    if args.train_classes is not None and not args.train_classes.is_file():
+        print(f"error: --train-classes {args.train_classes} does not exist", file=sys.stderr)
+        return 2
+    import_checkpoint(args.src, args.dst, args.trusted, args.keep_extra_head,
+                      train_classes=paper_train_classes(args.train_classes, args.train_dataset))
     return 0
 
 

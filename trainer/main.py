@@ -43,6 +43,29 @@ class TrainingError(RuntimeError):
     """A fault that stops the run with what to do next (NaN loss, bad data, overlapping classes)."""
 
 
+def eval_train_classes(train_shards: str, checkpoint: str | Path | None) -> list[dict]:
+    """The training classes for an evaluation-only run: from the training shards' manifest when
+    they are here, else from the checkpoint (ours store them; `trainer.import_checkpoint` writes the
+    paper's 664 Kinetics classes), so a checkpoint can be evaluated without its training data.
+
+    Raises:
+        TrainingError: neither source has them, naming both.
+    """
+    try:
+        return load_shards(train_shards).info["classes"]
+    except ShardError as e:
+        reason = str(e)
+    if checkpoint is not None:
+        classes = load_checkpoint(checkpoint).get("train_classes")
+        if classes:
+            print0(f"training classes: {len(classes)} from {checkpoint} (no training shards: {reason})")
+            return classes
+    raise TrainingError(f"evaluation needs the training classes (overlap check, generalized accuracy): "
+                        f"the training shards cannot be read ({reason}) and the checkpoint "
+                        f"{checkpoint} lists none; point data.train.shards at them, or re-import the "
+                        "checkpoint with python -m trainer.import_checkpoint --train-classes FILE")
+
+
 def check_no_overlap(train_classes: list[dict], test_name: str, test_classes: list[dict]) -> None:
     """A zero-shot test set must not contain training classes (by raw name or embedded text)."""
     train_keys = {c["name"].lower() for c in train_classes} | {c["text"] for c in train_classes}
@@ -127,7 +150,8 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     init_process_group(device, world_size)
 
     # ---------------------------------------------------------------- classes and their embeddings
-    train_classes = (train_loader.table.info if train_loader else load_shards(cfg.data.train.shards).info)["classes"]
+    train_classes = (train_loader.table.info["classes"] if train_loader
+                     else eval_train_classes(cfg.data.train.shards, checkpoint or latest_checkpoint(out_dir)))
     test_classes = [next(iter(loaders.values())).classes for loaders in test_loaders]
     for ts, classes in zip(cfg.eval.sets, test_classes):
         if not ts.seen:
@@ -208,7 +232,8 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
         checksums = all_gather_objects(float(sum(p.double().sum().item() for p in model.parameters())))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "epoch": epoch, "rng": rngs, "loader_state": train_loader.state_dict(),
-                 "config": cfg.model_dump(mode="json"), "param_checksums": checksums}
+                 "config": cfg.model_dump(mode="json"), "param_checksums": checksums,
+                 "train_classes": train_classes}
         path = out_dir / "checkpoints" / f"ckpt_{step:07d}.pt"
         if is_main:
             path = save_checkpoint(out_dir, step, state, cfg.checkpoint.keep_last)
