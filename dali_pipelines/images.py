@@ -69,6 +69,21 @@ def window_path(start, end, num_frames: int) -> np.ndarray:
     return s[None, :] + a[:, None] * (e - s)[None, :]
 
 
+def prescale(width: int, height: int, windows: np.ndarray, size: int,
+             max_ratio: float = 2.0) -> tuple[int, int]:
+    """The size to resize a width x height image to (antialiased) before the pan/zoom warps, so no
+    frame shrinks its window by more than `max_ratio`: a bilinear warp samples 2 x 2 pixels per
+    output pixel and aliases fine texture beyond that.
+
+    >>> prescale(512, 384, np.array([[0.0, 0.0, 384.0], [10.0, 0.0, 200.0]]), 112)
+    (299, 224)
+    >>> prescale(512, 384, np.array([[0.0, 0.0, 150.0]]), 112)  # 150 / 112 < 2: kept
+    (512, 384)
+    """
+    f = min(1.0, max_ratio * size / float(windows[:, 2].max()))
+    return max(1, int(round(width * f))), max(1, int(round(height * f)))
+
+
 def window_matrices(windows: np.ndarray, size: int) -> np.ndarray:
     """(T, 2, 3) float32 destination-to-source affine maps for `fn.warp_affine`: output pixel
     (u, v) of a size x size frame samples the image at (x + u * side / size, y + v * side / size),
@@ -83,6 +98,19 @@ def window_matrices(windows: np.ndarray, size: int) -> np.ndarray:
     m[:, 0, 0] = m[:, 1, 1] = k
     m[:, 0, 2], m[:, 1, 2] = windows[:, 0], windows[:, 1]
     return m
+
+
+def prescaled_matrices(width: int, height: int, windows: np.ndarray, size: int):
+    """`window_matrices` for the image after its `prescale` resize, and that size.
+
+    The resize scales continuous coordinates by new / old size on each axis (edges map to edges),
+    so each matrix row is scaled by it.
+    """
+    new_w, new_h = prescale(width, height, windows, size)
+    m = window_matrices(windows, size)
+    m[:, 0, :] *= new_w / width
+    m[:, 1, :] *= new_h / height
+    return m, (new_w, new_h)
 
 
 class ImageTrainSampler(TrainSampler):
@@ -143,11 +171,13 @@ class ImageTrainSource(_Source):
     """Per-sample callback of the image graph.
 
     Returns: encoded (nbytes,) uint8 JPEG, label () int32, matrix (T, 2, 3) float32
-    (window_matrices), flip () int32, row () int64, start () int32 (always 0: the loader's
-    `start` field), crop (2,) int32 = the start window's [x, y] (the loader's crop_x / crop_y).
+    (window_matrices, in the coordinates of the prescaled image), flip () int32, row () int64,
+    start () int32 (always 0: the loader's `start` field), crop (2,) int32 = the start window's
+    [x, y] in stored-image pixels (the loader's crop_x / crop_y), size (2,) float32 = [width,
+    height] to resize the image to first (`prescale`).
     """
 
-    num_outputs = 7
+    num_outputs = 8
 
     def __init__(self, table: ShardTable, sampler: ImageTrainSampler):
         super().__init__(table, sampler.batch_size)
@@ -155,12 +185,14 @@ class ImageTrainSource(_Source):
 
     def __call__(self, sample_info):
         d = self.sampler.draw(self.sample_number(sample_info))
-        matrix = window_matrices(window_path(d.start, d.end, self.sampler.clip_len), self.sampler.crop)
+        matrix, (width, height) = prescaled_matrices(
+            d.width, d.height, window_path(d.start, d.end, self.sampler.clip_len), self.sampler.crop)
         return (self.read(d.row), np.array(d.label, np.int32), matrix, np.array(d.flip, np.int32),
-                np.array(d.row, np.int64), np.array(0, np.int32), np.array(d.start[:2], np.int32))
+                np.array(d.row, np.int64), np.array(0, np.int32), np.array(d.start[:2], np.int32),
+                np.array([width, height], np.float32))
 
 
-def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int):
+def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_size=None):
     """Decode one image per sample and render its T-frame pan/zoom.
 
     Args:
@@ -170,17 +202,22 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int):
         device: "cpu" or "gpu" (decode with the 'mixed' nvJPEG decoder; later ops on the GPU).
         clip_len: T.
         size: output side.
+        image_size: None, or DataNode (2,) float32 [width, height] per sample: resize the image
+            to this first, antialiased (`prescale`; `matrix` is then in the resized image's
+            coordinates).
 
     Returns:
         DataNode (T, size, size, C) uint8, layout "FHWC": bilinear samples of the windows.
 
     `fn.resize` takes no per-frame ROI in DALI 2.4 (it asserts on a (T, 2) roi_start), so the
-    windows are warps. NOTE: a warp does not antialias: a window larger than about twice `size`
-    (zooming out of a 512-pixel image to 112) aliases fine textures. A per-sample antialiased
-    pre-resize of the image to 2 x size / largest window would bound that; not done yet.
+    windows are warps. A bilinear warp does not antialias: a window more than about twice `size`
+    (zooming out of a 512-pixel image to 112) would alias fine textures, which is what the
+    per-sample antialiased resize to `image_size` prevents (the training source always passes it).
     """
     image = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
                               output_type=types.RGB)  # (H, W, C)
+    if image_size is not None:
+        image = fn.resize(image, resize_x=image_size[0], resize_y=image_size[1], antialias=True)
     seq = fn.expand_dims(image, axes=[0], new_axis_names="F")  # (H,W,C) -> (1,H,W,C)
     seq = fn.sequence_rearrange(seq, new_order=[0] * clip_len)  # (1,H,W,C) -> (T,H,W,C)
     return fn.warp_affine(seq, matrix=fn.per_frame(matrix), size=[size, size], inverse_map=True,
@@ -193,9 +230,10 @@ def image_train_graph(source: ImageTrainSource, *, device: str, clip_len: int, c
     """Pseudo-video training clips from still images; outputs as `graphs.train_graph`:
     clips (C, T, crop, crop) uint8, scale, shift, label () int32, row () int64, start () int32,
     crop (2,) int32, flip () int32."""
-    encoded, label, matrix, flip, row, start, crop_xy = _source_node(
+    encoded, label, matrix, flip, row, start, crop_xy, image_size = _source_node(
         source, source.num_outputs, py_workers, prefetch)
-    frames = pan_zoom(encoded, matrix, device=device, clip_len=clip_len, size=crop)  # (T, crop, crop, C)
+    frames = pan_zoom(encoded, matrix, device=device, clip_len=clip_len, size=crop,
+                      image_size=image_size)  # (T, crop, crop, C)
     # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
     clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=flip,
                                   standardization=standardization)  # (C, T, crop, crop) uint8
