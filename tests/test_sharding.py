@@ -249,6 +249,18 @@ def test_worker_count_does_not_change_output(eval_build, video_tree, tmp_path):
         assert (out0 / s["path"]).read_bytes() == (out2 / s["path"]).read_bytes()
 
 
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_train_builds_are_byte_reproducible(video_tree, tmp_path, codec):
+    """The training layouts too: ivf (VP9's default) and segmented mp4 (H.264), in-process vs 2 workers."""
+    shas = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"{codec}_{workers}"
+        assert build("--input", video_tree, "--layout", "folders", "--split", "train", "--codec", codec,
+                     "--out", out, "--videos-per-shard", "4", "--workers", workers, "--max-error-rate", "0.5") == 0
+        shas.append([s["sha256"] for s in json.loads((out / "_info.json").read_text())["shards"]])
+    assert shas[0] == shas[1] and len(shas[0]) == 3  # 10 inputs, 4 per shard
+
+
 # ----------------------------------------------------------------------------- faults
 
 def test_interrupted_build_resumes(video_tree, tmp_path):
