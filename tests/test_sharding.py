@@ -181,6 +181,30 @@ def test_ivf_train_build_cuts_decode_alone(ivf_build):
     assert n_cuts > 20
 
 
+def test_ivf_keyframe_table_checked_at_load(ivf_build, tmp_path):
+    """A keyframe table that cannot be right stops the loader at start-up, naming file and row."""
+    import shutil
+
+    from dali_pipelines.shards import ShardError, load_shards
+
+    _, out = ivf_build
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    info = json.loads((bad / "_info.json").read_text())
+    table_path = bad / info["shards"][0]["table"]
+    table = json.loads(table_path.read_text())
+    row = max(range(len(table["keys"])), key=lambda i: len(table["keyframes"][i]))
+    assert len(table["keyframes"][row]) > 1
+    table["keyframe_offsets"][row] = table["keyframe_offsets"][row][::-1]  # decreasing offsets
+    table_path.write_text(json.dumps(table))
+    with pytest.raises(ShardError, match=rf"{table_path.name}: row {row} .*keyframe table is inconsistent"):
+        load_shards(bad)
+    del table["keyframes"]
+    table_path.write_text(json.dumps(table))
+    with pytest.raises(ShardError, match="keyframes / keyframe_offsets columns missing"):
+        load_shards(bad)
+
+
 def test_train_build_errors_listed_not_dropped(train_build, video_tree):
     _, out = train_build
     info = json.loads((out / "_info.json").read_text())
