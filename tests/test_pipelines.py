@@ -37,7 +37,8 @@ SWS_FLAGS = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolatio
 
 @pytest.fixture(scope="module")
 def shard_sets(tmp_path_factory) -> dict[str, Path]:
-    """{'train': dir, 'eval': dir} built with the real builder (VP9, 64-frame segments)."""
+    """Built with the real builder from VP9 inputs: 'train' (the default: keyframe-indexed ivf,
+    keyframes every 16 frames), 'train_segments' (webm, 64-frame segments) and 'eval' (whole webm)."""
     root = tmp_path_factory.mktemp("pipelines")
     for cls, counts in VIDEOS.items():
         for i, n in enumerate(counts):
@@ -45,11 +46,12 @@ def shard_sets(tmp_path_factory) -> dict[str, Path]:
     write_video(root / "in" / PORTRAIT[0] / "portrait.webm", num_frames=PORTRAIT[1], width=128,
                 height=170, codec="libvpx-vp9")
     out = {}
-    for split in ("train", "eval"):
-        out[split] = root / split
+    for name, split, extra in (("train", "train", []), ("train_segments", "train", ["--container", "webm"]),
+                               ("eval", "eval", [])):
+        out[name] = root / name
         rc = build.main(["--input", str(root / "in"), "--layout", "folders", "--split", split,
-                         "--out", str(out[split]), "--workers", "0", "--videos-per-shard", "3",
-                         "--quiet"])
+                         "--out", str(out[name]), "--workers", "0", "--videos-per-shard", "3",
+                         "--quiet", *extra])
         assert rc == 0
     return out
 
@@ -79,12 +81,17 @@ def run_dump(tmp_path, shards, split, *extra) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("standardization,clip_len,stride", [("per_frame", 16, 1), ("mean_std", 8, 2)])
-def test_train_dump_matches_pyav(shard_sets, tmp_path, standardization, clip_len, stride):
-    d = run_dump(tmp_path, shard_sets["train"], "train", "--batches", "2", "--batch-size", "4",
+@pytest.mark.parametrize("layout,standardization,clip_len,stride", [
+    ("train", "per_frame", 16, 1), ("train", "mean_std", 8, 2), ("train", "per_frame", 24, 1),
+    ("train_segments", "per_frame", 16, 1), ("train_segments", "mean_std", 8, 2)])
+def test_train_dump_matches_pyav(shard_sets, tmp_path, layout, standardization, clip_len, stride):
+    """Clips against an independent PyAV decode of the whole stored sample: on the ivf layout this
+    checks the keyframe cut too (a 24-frame clip is longer than the build's 16-frame span: fine on
+    whole videos)."""
+    d = run_dump(tmp_path, shard_sets[layout], "train", "--batches", "2", "--batch-size", "4",
                  "--standardization", standardization, "--clip-len", str(clip_len),
                  "--stride", str(stride), "--seed", "7", "--png", str(tmp_path / "sheet.png"))
-    table = load_shards(shard_sets["train"])
+    table = load_shards(shard_sets[layout])
     assert d["clips"].shape == (8, 3, clip_len, 112, 112) and d["clips"].dtype == np.float32
     assert str(d["standardization"]) == standardization
     assert (tmp_path / "sheet.png").stat().st_size > 0
@@ -239,9 +246,19 @@ def test_config_rejects_unknown_keys():
 
 
 @pytest.mark.gpu
-def test_mixed_graph_matches_cpu_graph(shard_sets):
-    """NVDEC (mixed) vs the CPU decoder: same samples, same augmentation, decoder tolerance."""
-    base = dict(shards=str(shard_sets["train"]), batch_size=4, epoch_clips=8, seed=1, py_workers=0)
+@pytest.mark.parametrize("layout", ["train", "train_segments", "eval"])
+def test_mixed_graph_matches_cpu_graph(shard_sets, layout):
+    """NVDEC (mixed) vs the CPU decoder: same samples, same augmentation, decoder tolerance; on
+    the cut IVF streams of the default layout, on segments, and (eval) whole videos."""
+    if layout == "eval":
+        base = dict(shards=str(shard_sets["eval"]), batch_size=3, num_clips=3, py_workers=0)
+        cpu = next(iter(make_eval_loader(EvalDataConfig(device="cpu", **base), 0, 1, 0, "cpu")))
+        gpu = next(iter(make_eval_loader(EvalDataConfig(device="gpu", **base), 0, 1, 0, "cuda:0")))
+        assert gpu["clips"].is_cuda and torch.equal(cpu["index"], gpu["index"].cpu())
+        diff = (cpu["clips"] - gpu["clips"].cpu()).abs()
+        assert diff.mean() < 0.05 and diff.max() < 1.0
+        return
+    base = dict(shards=str(shard_sets[layout]), batch_size=4, epoch_clips=8, seed=1, py_workers=0)
     cpu = next(iter(make_train_loader(TrainDataConfig(device="cpu", **base), 0, 1, 0, "cpu")))
     gpu = next(iter(make_train_loader(TrainDataConfig(device="gpu", **base), 0, 1, 0, "cuda:0")))
     assert gpu["clips"].is_cuda
