@@ -194,11 +194,19 @@ def _prepare_out(out: Path, identity: dict, overwrite: bool) -> None:
         raise BuildError(f"--out {out} is a file")
     if out.is_dir() and any(out.iterdir()):
         old = json.loads(build_file.read_text()) if build_file.is_file() else None
+        if old is not None and "container" not in old and old.get("codec") in CODECS:
+            old = {**old, "container": CODECS[old["codec"]][1]}  # written before --container existed
         if old == identity:
             return  # same build: resume
         if not overwrite:
-            what = "a different build" if old is not None else "files that are not a shard build"
-            raise BuildError(f"--out {out} holds {what}; use another --out, or --overwrite to replace it")
+            if old is None:
+                what = "files that are not a shard build"
+            else:  # say what differs: e.g. a run of an older version's command with today's defaults
+                diff = [f"{k} {old.get(k)!r} there vs {identity.get(k)!r} now"
+                        for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+                what = f"a different build ({'; '.join(diff)})"
+            raise BuildError(f"--out {out} holds {what}; use another --out, the options of that build to "
+                             "resume it, or --overwrite to replace it")
         if old is None:
             raise BuildError(f"--out {out} holds files that are not a shard build; refusing to delete them "
                              "even with --overwrite: choose an empty or new folder")

@@ -327,9 +327,16 @@ def test_out_with_other_build_refused_unless_overwrite(eval_build, video_tree, t
     out = tmp_path / "o"
     shutil.copytree(eval_build[1], out)
     args = ["--input", video_tree, "--layout", "folders", "--split", "eval", "--out", out, "--workers", "0",
-            "--max-error-rate", "0.5"]
+            "--max-error-rate", "0.5", "--videos-per-shard", "4"]
     assert build(*args, "--short-side", "144") == 2
-    assert "holds a different build" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a different build (short_side 128 there vs 144 now)" in err
+    # a build written before --container existed still resumes (its container is the codec's default)
+    build_json = out / "_build.json"
+    old = json.loads(build_json.read_text())
+    assert old.pop("container") == "webm"
+    build_json.write_text(json.dumps(old))
+    assert build(*args) == 0 and "resuming" in capsys.readouterr().err
     assert build(*args, "--short-side", "144", "--overwrite") == 0
     assert json.loads((out / "_info.json").read_text())["encoding"]["short_side"] == 144
     stranger = tmp_path / "stranger"
