@@ -24,6 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from sharding.encode import default_container
+
 DEFAULT_CACHE = Path.home() / ".cache" / "zsvideo_benchmarks"
 NUM_CLASSES = 4
 
@@ -108,8 +110,8 @@ def synthetic_shards(cache: Path = DEFAULT_CACHE, *, num_videos: int = 32, num_f
     height = short_side
     width = int(round(short_side * 172 / 128 / 2)) * 2
     src = source_videos(cache, num_videos, num_frames, width, height)
-    if container == "auto":  # the builder's rule for a training build
-        container = "ivf" if codec == "vp9" else "mp4"
+    if container == "auto":
+        container = default_container(codec, "train")
     seg = "" if segment_frames is None else f"_seg{segment_frames}"
     g = "" if gop is None else f"_g{gop}"
     out = cache / f"shards_{codec}_{container}{g}_ss{short_side}{seg}_n{num_videos}_f{num_frames}"

@@ -26,7 +26,8 @@ from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
 from dali_pipelines.sampler import EvalSampler, TrainSampler
-from dali_pipelines.shards import IVF_HEADER, ShardTable, ivf_cut_stream
+from dali_pipelines.shards import ShardTable, ivf_cut_stream
+from sharding.shardio import IVF_HEADER
 
 # Kinetics statistics on x / 255 (DESIGN.md, the paper's transforms), RGB order.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)

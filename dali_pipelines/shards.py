@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sharding.shardio import IVF_HEADER
+
 FORMAT_VERSION = 1
 
 # Columns of `{split}-NNNNNN.samples.json` that the loaders use, with their numpy dtypes.
@@ -117,9 +119,6 @@ class Cut(NamedTuple):
     end: int
     first_frame: int
     num_frames: int
-
-
-IVF_HEADER = 32
 
 
 def ivf_cut_stream(header: bytes, body: bytes, num_frames: int) -> bytes:

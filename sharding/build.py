@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
-from sharding.encode import CODECS, CONTAINERS, VideoError, decode, encode, ivf_keyframes
+from sharding.encode import CODECS, CONTAINERS, VideoError, decode, default_container, encode, ivf_keyframes
 from sharding.images import process_image
 from sharding.layouts import LayoutError, VideoItem, list_inputs
 from sharding.segments import plan_segments
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     args = p.parse_args(argv)
     if args.container == "auto":
-        args.container = "ivf" if args.codec == "vp9" and args.split == "train" else CODECS[args.codec][1]
+        args.container = default_container(args.codec, args.split)
     if args.container not in CONTAINERS[args.codec]:
         p.error(f"--codec {args.codec} is stored in {' or '.join(CONTAINERS[args.codec])}, not {args.container}")
     if args.gop is None:

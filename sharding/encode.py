@@ -16,6 +16,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from sharding.shardio import IVF_HEADER
+
 # codec -> (PyAV encoder, default container format, its member extension)
 CODECS = {
     "vp9": ("libvpx-vp9", "webm", "webm"),
@@ -25,7 +27,11 @@ CODECS = {
 # IVF (VP8/VP9 only) is a 32-byte file header plus one 12-byte record header per frame, so a reader
 # can cut out a valid stream that starts at any keyframe (FORMAT.md "keyframe-indexed samples").
 CONTAINERS = {"vp9": ("webm", "ivf"), "h264": ("mp4",)}
-IVF_HEADER = 32
+
+
+def default_container(codec: str, split: str) -> str:
+    """`--container auto`: keyframe-indexed ivf for VP9 training builds, else the codec's default."""
+    return "ivf" if codec == "vp9" and split == "train" else CODECS[codec][1]
 
 
 class VideoError(Exception):

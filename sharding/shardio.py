@@ -18,6 +18,7 @@ import numpy as np
 MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
 TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames", "first_frame",
                  "segment", "own_start", "own_count", "width", "height", "offset", "size")
+IVF_HEADER = 32  # bytes of an IVF file header (FORMAT.md); frame records follow
 # ivf samples only: per sample, the keyframes' frame indices and record byte offsets in the member
 KEYFRAME_COLUMNS = ("keyframes", "keyframe_offsets")
 
