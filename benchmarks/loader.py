@@ -166,28 +166,19 @@ class ClipDataset:
     """
 
     def __init__(self, table, sampler, decoder: str):
-        self.tar_paths = list(table.tar_paths)
-        cols = table.columns
-        self.shard, self.offset, self.size = cols["shard"], cols["offset"], cols["size"]
+        from sharding.reader import SampleReader
+
+        self.reader = SampleReader(table)
         self.sampler, self.decoder = sampler, decoder
-        self._fds, self._pid = {}, None
 
     def __len__(self) -> int:
         return 10 ** 9  # an endless stream; the benchmark stops it
-
-    def _read(self, row: int) -> bytes:
-        if self._pid != os.getpid():
-            self._fds, self._pid = {}, os.getpid()
-        s = int(self.shard[row])
-        if s not in self._fds:
-            self._fds[s] = os.open(self.tar_paths[s], os.O_RDONLY)
-        return os.pread(self._fds[s], int(self.size[row]), int(self.offset[row]))
 
     def __getitem__(self, n: int) -> dict:
         import torch
 
         d = self.sampler.draw(n)
-        data = self._read(d.row)
+        data = self.reader.read(d.row)
         decode = decode_window_decord if self.decoder == "decord" else decode_window_pyav
         frames = decode(data, d.start, CLIP_LEN)
         return {"clips": standardize_clip(frames, d.crop_x, d.crop_y, d.flip),
@@ -213,7 +204,7 @@ def batches_dataloader(cfg: dict, decoder: str):
     import torch
     from torch.utils.data import DataLoader
 
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     table = load_shards(cfg["shards"], split="train")
     ds = ClipDataset(table, _train_sampler(table, cfg["batch_size"], cfg["seed"]), decoder)
@@ -253,7 +244,7 @@ def keyframes_of(data: bytes) -> np.ndarray:
 
 def decoded_per_delivered(shards: str, rows: np.ndarray, starts: np.ndarray, seeks: bool) -> float:
     """Frames decoded per delivered frame for the delivered windows (see the module docstring)."""
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     table = load_shards(shards, split="train")
     cache: dict[int, np.ndarray] = {}
@@ -380,7 +371,7 @@ def _ceiling_pyav(cfg: dict, datas: list[bytes], mon: ResourceMonitor) -> tuple[
 
 def run_ceiling(cfg: dict) -> dict:
     """Full-decode frames/s of the benchmark's samples (DALI CPU and PyAV), bytes preloaded."""
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     table = load_shards(cfg["shards"], split="train")
     rows = range(min(len(table), 64))
@@ -473,7 +464,7 @@ def run_child(cfg: dict, timeout: float) -> dict:
 
 def decord_reads(shards: str) -> str | None:
     """None if decord decodes a sample of these shards from memory, else the reason."""
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     try:
         frames = decode_window_decord(load_shards(shards, split="train").read(0), 0, 2)

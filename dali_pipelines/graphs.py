@@ -19,15 +19,13 @@ why it can still be set after the workers started.
 from __future__ import annotations
 
 import mmap
-import os
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
 from dali_pipelines.sampler import EvalSampler, TrainSampler
-from dali_pipelines.shards import ShardTable, ivf_cut_stream
-from sharding.shardio import IVF_HEADER
+from sharding.reader import SampleReader, ShardTable
 
 # Kinetics statistics on x / 255 (DESIGN.md, the paper's transforms), RGB order.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -38,15 +36,10 @@ class _Source:
     """Shared part of the sources: the shared offset and the file reading (picklable)."""
 
     def __init__(self, table: ShardTable, batch_size: int):
-        self.tar_paths = list(table.tar_paths)
-        cols = table.columns
-        self.shard, self.offset_col, self.size_col = cols["shard"], cols["offset"], cols["size"]
         self.batch_size = batch_size
         # One int64 shared with forked workers (MAP_SHARED | MAP_ANONYMOUS).
         self._offset = np.frombuffer(mmap.mmap(-1, 8), dtype=np.int64)
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
-        self._table = table if table.kf_ptr is not None else None  # keyframe-indexed: cut windows
+        self.reader = SampleReader(table)
 
     @property
     def offset(self) -> int:
@@ -58,46 +51,23 @@ class _Source:
         self._offset[0] = value
 
     def __getstate__(self):
-        # Pickled (spawn): the offset is frozen at its current value, file descriptors reopen.
+        # Pickled (spawn): the offset is frozen at its current value (the reader reopens its files).
         state = self.__dict__.copy()
         state["_offset"] = self._offset.copy()
-        state["_fds"] = {}
         return state
 
     def sample_number(self, sample_info) -> int:
         return (sample_info.iteration * self.batch_size + sample_info.idx_in_batch
                 + int(self._offset[0]))
 
-    def _pread(self, row: int, begin: int, end: int) -> bytes:
-        """Bytes [begin, end) of a row's video member."""
-        if os.getpid() != self._pid:  # a forked worker: do not share descriptors with the parent
-            self._fds, self._pid = {}, os.getpid()
-        shard = int(self.shard[row])
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
-        offset = int(self.offset_col[row]) + begin
-        data = os.pread(fd, end - begin, offset)  # positionless read: safe in threads and processes
-        if len(data) != end - begin:
-            raise IOError(f"{self.tar_paths[shard]}: short read at {offset} ({len(data)} of "
-                          f"{end - begin} bytes); the shard changed after validation")
-        return data
-
     def read(self, row: int) -> np.ndarray:
         """The encoded video member of a row as a (nbytes,) uint8 array."""
-        return np.frombuffer(self._pread(row, 0, int(self.size_col[row])), dtype=np.uint8)
+        return np.frombuffer(self.reader.read(row), dtype=np.uint8)
 
     def read_window(self, row: int, start: int, span: int) -> tuple[np.ndarray, int]:
-        """The bytes to decode for frames [start, start + span) of a row, and where the window
-        starts in them: the whole member and `start`, or, in a keyframe-indexed (ivf) set, the
-        stream cut at the keyframes around the window (`ShardTable.cut`) and `start` minus the
-        cut's first frame. The decoder then starts at most gop - 1 frames before the window."""
-        if self._table is None:
-            return self.read(row), start
-        c = self._table.cut(row, start, span)
-        data = ivf_cut_stream(self._pread(row, 0, IVF_HEADER), self._pread(row, c.begin, c.end),
-                              c.num_frames)
-        return np.frombuffer(data, dtype=np.uint8), start - c.first_frame
+        """`SampleReader.read_window` as a (nbytes,) uint8 array and the window's first frame."""
+        data, first = self.reader.read_window(row, start, span)
+        return np.frombuffer(data, dtype=np.uint8), first
 
 
 class TrainSource(_Source):

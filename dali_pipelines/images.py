@@ -29,7 +29,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.graphs import _Source, _source_node, augment
 from dali_pipelines.sampler import TrainSampler
-from dali_pipelines.shards import ShardTable
+from sharding.reader import ShardTable
 
 
 def is_image_set(info: dict) -> bool:

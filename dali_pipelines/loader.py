@@ -22,7 +22,7 @@ from dali_pipelines.config import EvalDataConfig, TrainDataConfig
 from dali_pipelines.graphs import EvalSource, TrainSource, eval_graph, train_graph
 from dali_pipelines.images import ImageTrainSampler, ImageTrainSource, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
-from dali_pipelines.shards import ShardError, load_shards
+from sharding.reader import ShardError, load_shards
 
 
 def resolve_device(cfg_device: str, device: torch.device | str) -> str:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dali_pipelines.shards import ShardTable
+from sharding.reader import ShardTable
 
 
 def clip_span(clip_len: int, stride: int) -> int:

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
-from sharding.encode import CODECS, CONTAINERS, VideoError, decode, default_container, encode, ivf_keyframes
+from sharding import ivf
+from sharding.encode import CODECS, CONTAINERS, VideoError, decode, default_container, encode
 from sharding.images import process_image
 from sharding.layouts import LayoutError, VideoItem, list_inputs
 from sharding.segments import plan_segments
-from sharding.shardio import atomic_write_json, write_shard
+from sharding.shardio import FORMAT_VERSION, atomic_write_json, write_shard
 
-FORMAT_VERSION = 1
 
 
 class BuildError(Exception):
@@ -161,10 +161,10 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
                 "vfr_converted": video.vfr, "src_width": video.src_width, "src_height": video.src_height,
             }
             if ext == "ivf":  # where a reader may cut the stream (FORMAT.md)
-                meta["keyframes"], meta["keyframe_offsets"] = ivf_keyframes(data)
+                meta["keyframes"], meta["keyframe_offsets"] = ivf.keyframes(data)
             samples.append((key, ext, data, meta))
         return {"video_id": item.video_id, "samples": samples, "bytes_in": bytes_in, "short": n < opts["clip_span"]}
-    except VideoError as e:
+    except (VideoError, ivf.IVFError) as e:
         return {"video_id": item.video_id, "path": item.path, "error": str(e)}
     except Exception as e:  # an unexpected library failure on one file must not stop the build
         return {"video_id": item.video_id, "path": item.path, "error": f"unexpected {type(e).__name__}: {e}"}

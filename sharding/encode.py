@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from sharding.shardio import IVF_HEADER
 
 # codec -> (PyAV encoder, default container format, its member extension)
 CODECS = {
@@ -208,40 +206,3 @@ def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, cod
     if packets != len(frames):
         raise VideoError(f"encoder produced {packets} packets for {len(frames)} frames")
     return buf.getvalue()
-
-
-def ivf_frame_offsets(data: bytes) -> list[int]:
-    """Byte offset of each frame record (its 12-byte header) in an IVF file, in stream order.
-
-    Raises:
-        VideoError: not an IVF file, or a record runs past the end (truncated).
-    """
-    if len(data) < IVF_HEADER or data[:4] != b"DKIF":
-        raise VideoError("not an IVF stream")
-    offsets, pos = [], int(struct.unpack_from("<H", data, 6)[0])
-    while pos < len(data):
-        if pos + 12 > len(data):
-            raise VideoError(f"IVF frame record at byte {pos} is truncated")
-        offsets.append(pos)
-        pos += 12 + struct.unpack_from("<I", data, pos)[0]
-    if pos != len(data):
-        raise VideoError(f"IVF frame record at byte {offsets[-1]} runs past the end")
-    return offsets
-
-
-def ivf_keyframes(data: bytes) -> tuple[list[int], list[int]]:
-    """(frame indices, record byte offsets) of the keyframes of an IVF VP9 stream.
-
-    Every frame is one record here (no alt-ref / hidden frames: `encode` turns them off), so record
-    i is frame i; the keyframe flags come from the demuxer.
-    """
-    offsets = ivf_frame_offsets(data)
-    with av.open(io.BytesIO(data)) as c:
-        flags = [p.is_keyframe for p in c.demux(video=0) if p.size]
-    if len(flags) != len(offsets):
-        raise VideoError(f"IVF stream has {len(offsets)} records but {len(flags)} packets")
-    frames = [i for i, k in enumerate(flags) if k]
-    if not frames or frames[0] != 0:
-        raise VideoError("IVF stream does not start with a keyframe")
-    return frames, [offsets[i] for i in frames]
-

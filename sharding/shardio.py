@@ -1,4 +1,7 @@
-"""Writing and reading the shard files: the tar, its DALI index and its per-sample table.
+"""Writing the shard files: the tar, its DALI index and its per-sample table (FORMAT.md).
+
+The format's constants (version, member order, table columns) are defined here, once; the reader
+(`sharding.reader`) and the verifier import them.
 
 Reproducible bytes: members are written in a fixed order with fixed metadata (mtime 0, uid 0,
 mode 0644), so the same samples give the same tar whatever the number of build workers.
@@ -15,10 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+FORMAT_VERSION = 1  # `format_version` of `_info.json`; readers refuse any other
 MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
+# Columns of `{split}-NNNNNN.samples.json`: integer columns, then string columns.
+INT_COLUMNS = ("labels", "num_frames", "video_num_frames", "first_frame", "segment", "own_start",
+               "own_count", "width", "height", "offset", "size")
+STR_COLUMNS = ("keys", "video_ids")
 TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames", "first_frame",
                  "segment", "own_start", "own_count", "width", "height", "offset", "size")
-IVF_HEADER = 32  # bytes of an IVF file header (FORMAT.md); frame records follow
+assert sorted(TABLE_COLUMNS) == sorted(INT_COLUMNS + STR_COLUMNS)
 # ivf samples only: per sample, the keyframes' frame indices and record byte offsets in the member
 KEYFRAME_COLUMNS = ("keyframes", "keyframe_offsets")
 
@@ -134,13 +142,3 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def read_member(tar_path: Path, offset: int, size: int) -> bytes:
-    """Read one member's bytes at a known offset (from the table or the index): no tar parsing."""
-    with open(tar_path, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise OSError(f"{tar_path}: wanted {size} bytes at offset {offset}, got {len(data)} (truncated shard?)")
-    return data

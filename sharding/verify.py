@@ -18,8 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sharding.encode import ivf_keyframes
-from sharding.shardio import KEYFRAME_COLUMNS, TABLE_COLUMNS, read_member, sha256_file
+from sharding import ivf
+from sharding.shardio import KEYFRAME_COLUMNS, TABLE_COLUMNS, sha256_file
 
 
 def count_frames(data: bytes) -> tuple[int, int, int]:
@@ -29,6 +29,12 @@ def count_frames(data: bytes) -> tuple[int, int, int]:
         for frame in c.decode(video=0):
             n, w, h = n + 1, frame.width, frame.height
     return n, w, h
+
+
+def read_member(tar_path: Path, offset: int, size: int) -> bytes:  # FIXME(#12): use load_shards + SampleReader
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True) -> list[str]:
@@ -82,7 +88,7 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True) -> list
             try:
                 data = read_member(tar_path, table["offset"][i], table["size"][i])
                 n, w, h = count_frames(data)
-                if ext == "ivf" and list(ivf_keyframes(data)) != [table[c][i] for c in KEYFRAME_COLUMNS]:
+                if ext == "ivf" and list(ivf.keyframes(data)) != [table[c][i] for c in KEYFRAME_COLUMNS]:
                     problems.append(f"{tar_path}: {key}.ivf keyframes differ from the table's")
             except Exception as e:
                 problems.append(f"{tar_path}: {key}.{ext} does not decode: {e}")

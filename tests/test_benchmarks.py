@@ -73,7 +73,7 @@ def test_ivf_cut_decodes_less_than_whole_webm(loader_run):
 def test_dataloader_decoders_agree(loader_run):
     """decord and the PyAV keyframe-seek path return the same window of a sample."""
     from benchmarks.loader import decode_window_decord, decode_window_pyav
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     res, _, _ = loader_run
     by = {r["loader"]: r for r in res["results"]}

@@ -63,7 +63,7 @@ def test_image_build(sun_shards):
     assert [(c["name"], c["text"]) for c in info["classes"]] == [("abbey", "abbey"), ("bakery/shop", "bakery shop")]
     assert info["num_samples"] == 4 and len(info["errors"]) == 1 and "sun_broken" in info["errors"][0]["path"]
     assert info["ignored"] == ["a/abbey/notes.txt"]
-    from dali_pipelines.shards import load_shards
+    from sharding.reader import load_shards
 
     table = load_shards(out, split="train")
     sizes = {k: (w, h) for k, w, h in zip(table.columns["keys"], table.columns["width"], table.columns["height"])}

@@ -23,7 +23,7 @@ from dali_pipelines import dump as dump_cli
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
 from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD
 from dali_pipelines.loader import make_eval_loader, make_train_loader
-from dali_pipelines.shards import ShardError, load_shards
+from sharding.reader import ShardError, load_shards
 from sharding import build
 
 sys.path.insert(0, str(Path(__file__).parent))

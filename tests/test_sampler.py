@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from dali_pipelines.sampler import EvalSampler, TrainSampler, resized_size
-from dali_pipelines.shards import ShardTable
+from sharding.reader import ShardTable
 from sharding.segments import plan_segments
 
 # Frame counts chosen for the edges: short (10), exactly one window (16), one more (17), one

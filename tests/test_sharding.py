@@ -151,7 +151,8 @@ def test_train_build_round_trip(train_build, video_tree):
 def test_ivf_train_build_cuts_decode_alone(ivf_build):
     """The default training layout: one keyframe-indexed ivf sample per video, keyframes every 16
     frames, and every cut the loader can make decodes on its own to exactly the full decode's frames."""
-    from dali_pipelines.shards import ivf_cut_stream, load_shards
+    from sharding.ivf import cut_stream as ivf_cut_stream
+    from sharding.reader import load_shards
 
     rc, out = ivf_build
     assert rc == 0
@@ -185,7 +186,7 @@ def test_ivf_keyframe_table_checked_at_load(ivf_build, tmp_path):
     """A keyframe table that cannot be right stops the loader at start-up, naming file and row."""
     import shutil
 
-    from dali_pipelines.shards import ShardError, load_shards
+    from sharding.reader import ShardError, load_shards
 
     _, out = ivf_build
     bad = tmp_path / "bad"

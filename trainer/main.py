@@ -33,7 +33,7 @@ from trainer.checkpoint import backbone_state_from, latest_checkpoint, load_chec
 from trainer.config import ConfigError, TrainConfig, load_config, lr_at
 from trainer.distributed import (any_rank, broadcast_object, dist_env, init_process_group, is_dist,
                                  mean_over_ranks, pick_device, print0, all_gather_objects)
-from dali_pipelines.shards import ShardError, load_shards
+from sharding.reader import ShardError, load_shards
 from trainer.embeddings import MissingWordsError, StaleCacheError, class_embeddings
 from trainer.evaluate import TestSet, evaluate_set, write_results
 from trainer.model import build_model

@@ -1,28 +1,23 @@
-"""Read a shard set (sharding/FORMAT.md, format_version 1) into one validated sample table.
+"""Read a shard set (sharding/FORMAT.md) into one validated sample table, and read its bytes.
 
 Everything is checked before a pipeline is built, so a broken or unfinished build fails at start-up
-with the file's name instead of hours into training inside a DALI worker.
+with the file's name instead of hours into training inside a DALI worker. `SampleReader` is the one
+way to read a sample's bytes (the DALI sources, the benchmarks' DataLoaders, the verifier).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from sharding.shardio import IVF_HEADER
-
-FORMAT_VERSION = 1
-
-# Columns of `{split}-NNNNNN.samples.json` that the loaders use, with their numpy dtypes.
-_INT_COLUMNS = ("labels", "num_frames", "video_num_frames", "first_frame", "segment", "own_start",
-                "own_count", "width", "height", "offset", "size")
-_STR_COLUMNS = ("keys", "video_ids")
+from sharding import ivf
+from sharding.shardio import FORMAT_VERSION, INT_COLUMNS, STR_COLUMNS
 
 _REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes and redoes "
             "missing shards) or rebuild with --overwrite")
@@ -86,10 +81,9 @@ class ShardTable:
         return self.video_rows[self.video_ptr[:-1]]
 
     def read(self, row: int) -> bytes:
-        """The encoded video bytes of one row (one `seek` + `read`; no tar parsing)."""
-        with open(self.tar_paths[int(self.columns["shard"][row])], "rb") as f:
-            f.seek(int(self.columns["offset"][row]))
-            return f.read(int(self.columns["size"][row]))
+        """The encoded video bytes of one row (one-off reads; loops keep a `SampleReader`)."""
+        with SampleReader(self, max_open=1) as reader:
+            return reader.read(row)
 
     def cut(self, row: int, start: int, span: int) -> Cut | None:
         """Where to cut row `row` for the frames [start, start + span) (ivf sets; None otherwise).
@@ -121,12 +115,83 @@ class Cut(NamedTuple):
     num_frames: int
 
 
-def ivf_cut_stream(header: bytes, body: bytes, num_frames: int) -> bytes:
-    """The IVF stream of a cut: the member's file header with its frame count (bytes 24..27) set to
-    `num_frames`, then the cut's frame records."""
-    h = bytearray(header[:IVF_HEADER])
-    struct.pack_into("<I", h, 24, num_frames)
-    return bytes(h) + body
+class SampleReader:
+    """Positional reads (`os.pread`) of a shard set's bytes through a bounded cache of open files.
+
+    Safe in threads (pread has no file position) and across fork (a forked process reopens its
+    own descriptors); picklable (descriptors are not pickled). At most `max_open` tars are open at
+    once, least recently used closed first, so a 10k-shard set does not exhaust the fd limit.
+
+    Args:
+        table: the shard set (its `tar_paths` and `offset` / `size` / `shard` columns).
+        max_open: descriptors kept open.
+    """
+
+    def __init__(self, table: "ShardTable", max_open: int = 64):
+        self.tar_paths = list(table.tar_paths)
+        cols = table.columns
+        self.shard, self.offset, self.size = cols["shard"], cols["offset"], cols["size"]
+        self.max_open = max(1, int(max_open))
+        self._table = table if table.kf_ptr is not None else None  # keyframe-indexed: cut windows
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fds"] = OrderedDict()
+        return state
+
+    def __enter__(self) -> "SampleReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds.clear()
+
+    def _fd(self, shard: int) -> int:
+        if os.getpid() != self._pid:  # a forked child: never share (or close) the parent's fds
+            self._fds, self._pid = OrderedDict(), os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            while len(self._fds) >= self.max_open:
+                os.close(self._fds.popitem(last=False)[1])
+            fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
+        else:
+            self._fds.move_to_end(shard)
+        return fd
+
+    def read_range(self, shard: int, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of tar number `shard` (any member: json, label, ...).
+
+        Raises:
+            ShardError: the tar ends before the range (truncated after validation).
+        """
+        data = os.pread(self._fd(shard), size, offset)
+        if len(data) != size:
+            raise _fail(self.tar_paths[shard], f"short read at byte {offset} ({len(data)} of {size} "
+                        "bytes): the shard was truncated or replaced after validation")
+        return data
+
+    def read(self, row: int, begin: int = 0, end: int | None = None) -> bytes:
+        """Bytes [begin, end) of row `row`'s video member (default: all of it)."""
+        end = int(self.size[row]) if end is None else end
+        return self.read_range(int(self.shard[row]), int(self.offset[row]) + begin, end - begin)
+
+    def read_window(self, row: int, start: int, span: int) -> tuple[bytes, int]:
+        """The bytes to decode for frames [start, start + span) of a row, and where the window
+        starts in them: the whole member and `start`, or, in a keyframe-indexed (ivf) set, the
+        stream cut at the keyframes around the window (`ShardTable.cut`) and `start` minus the
+        cut's first frame. The decoder then starts at most gop - 1 frames before the window."""
+        if self._table is None:
+            return self.read(row), start
+        c = self._table.cut(row, start, span)
+        data = ivf.cut_stream(self.read(row, 0, ivf.HEADER), self.read(row, c.begin, c.end), c.num_frames)
+        return data, start - c.first_frame
 
 
 def _fail(path: Path | str, what: str, fix: str = _REBUILD) -> ShardError:
@@ -190,17 +255,17 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
             raise _fail(tar, f"size {tar_size} bytes, the manifest says {shard['bytes']} "
                         "(truncated or replaced after the build; verify sha256 in _info.json)")
         table = _load_json(table_path)
-        missing = [c for c in _INT_COLUMNS + _STR_COLUMNS if c not in table]
+        missing = [c for c in INT_COLUMNS + STR_COLUMNS if c not in table]
         if missing:
             raise _fail(table_path, f"columns {missing} missing")
-        lengths = {c: len(table[c]) for c in _INT_COLUMNS + _STR_COLUMNS}
+        lengths = {c: len(table[c]) for c in INT_COLUMNS + STR_COLUMNS}
         if len(set(lengths.values())) != 1:
             raise _fail(table_path, f"columns of unequal length {lengths}")
         n = lengths["keys"]
         if n != shard["num_samples"]:
             raise _fail(table_path, f"{n} rows, the manifest says {shard['num_samples']}")
-        part = {c: np.asarray(table[c], dtype=np.int64) for c in _INT_COLUMNS}
-        part.update({c: np.asarray(table[c], dtype=str) for c in _STR_COLUMNS})
+        part = {c: np.asarray(table[c], dtype=np.int64) for c in INT_COLUMNS}
+        part.update({c: np.asarray(table[c], dtype=str) for c in STR_COLUMNS})
         if n and int((part["offset"] + part["size"]).max()) > tar_size:
             raise _fail(table_path, "a sample's byte range ends past the end of its tar")
         part["shard"] = np.full(n, s_idx, dtype=np.int64)
@@ -238,7 +303,7 @@ def _keyframe_columns(table: dict, table_path: Path, part: dict) -> dict:
                     "(an ivf build must list every sample's keyframes)")
     for i, (f, o) in enumerate(zip(frames, offsets)):
         if (len(f) != len(o) or not f or f[0] != 0 or any(b <= a for a, b in zip(f, f[1:]))
-                or any(b <= a for a, b in zip(o, o[1:])) or o[0] < IVF_HEADER or o[-1] >= part["size"][i]
+                or any(b <= a for a, b in zip(o, o[1:])) or o[0] < ivf.HEADER or o[-1] >= part["size"][i]
                 or f[-1] >= part["num_frames"][i]):
             raise _fail(table_path, f"row {i} ({part['keys'][i]}): keyframe table is inconsistent "
                         "(must start at frame 0, increase, and lie inside the sample)")
