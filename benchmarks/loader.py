@@ -16,7 +16,7 @@ decode the same windows of the same shards; only the machinery differs:
 - `dataloader_pyav`: the same DataLoader with PyAV: seek to the keyframe before the window, decode
   forward, convert only the window's frames;
 - `dali_whole_video`: our graph on a whole-video webm build of the same videos (no segments, no
-  keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: DESIGN.md).
+  keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: docs/DESIGN.md).
 
 On the default (ivf, keyframe-indexed) shards, the DataLoaders read a webm build of the same videos
 with the same keyframes (decord cannot open IVF), where they seek to the keyframe before the window:

@@ -9,7 +9,7 @@ sample number = `iteration * batch_size + idx_in_batch + offset`, so restoring a
 Device: `device="cpu"` decodes with the CPU backend (VP8/VP9/MJPEG only); `"gpu"` uses the mixed
 (NVDEC) decoder and every later operator follows its input onto the GPU. Nothing else differs.
 
-Parallel sources and CUDA (DALI docs, DESIGN.md): with `py_workers > 0` the source runs in worker
+Parallel sources and CUDA (DALI docs, docs/DESIGN.md): with `py_workers > 0` the source runs in worker
 processes started by `fork`. Call `start_py_workers()` on every pipeline (loader.py does it when the
 loader is made) BEFORE anything touches CUDA (torch.cuda, NCCL init); build the pipelines later.
 The shared offset lives in an anonymous shared mapping inherited by the forked workers, which is
@@ -27,7 +27,7 @@ import nvidia.dali.math as dmath
 from dali_pipelines.sampler import EvalSampler, TrainSampler
 from sharding.reader import SampleReader, ShardTable
 
-# Kinetics statistics on x / 255 (DESIGN.md, the paper's transforms), RGB order.
+# Kinetics statistics on x / 255 (docs/DESIGN.md, the paper's transforms), RGB order.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
@@ -136,7 +136,7 @@ def decode_video(encoded, device: str, start_frame=None, sequence_length=None, s
 
     The decoder cannot seek in memory: a window costs decoding from frame 0 up to its end, which
     is why training reads keyframe-indexed ivf samples cut at the keyframe before the window
-    (`_Source.read_window`), or short segments (DESIGN.md).
+    (`_Source.read_window`), or short segments (docs/DESIGN.md).
     """
     if start_frame is None:
         return fn.decoders.video(encoded, device=device)
@@ -233,7 +233,7 @@ def eval_graph(source: EvalSource, *, device: str, num_clips: int, clip_len: int
     encoded, label, video, frame_idx, crop_xy, row, *size = _source_node(
         source, source.num_outputs, py_workers, prefetch)
     frames = decode_video(encoded, "mixed" if device == "gpu" else "cpu")  # (F, H, W, C)
-    # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (DESIGN.md).
+    # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (docs/DESIGN.md).
     frames = fn.sequence_rearrange(frames, new_order=frame_idx)  # (N*T, H, W, C)
     x, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, size=size[0] if size else None,
                               standardization=standardization)  # (C, N*T, crop, crop) uint8

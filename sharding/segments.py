@@ -2,7 +2,8 @@
 
 DALI decodes an in-memory video from its first frame up to the requested window (it cannot seek),
 so a random 16-frame window of a 250-frame video costs ~133 decoded frames on average. Storing
-overlapping segments of at most `segment_frames` frames bounds that cost (see DESIGN.md).
+overlapping segments of at most `segment_frames` frames bounds that cost (docs/DESIGN.md,
+DALI cannot seek in memory; the keyframe-indexed ivf layout has since superseded segments).
 """
 
 from __future__ import annotations

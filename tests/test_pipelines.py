@@ -2,7 +2,7 @@
 
 Exactness is checked against an independent PyAV decode of the same stored bytes: PyAV's swscale
 with `bilinear+full_chroma_int+accurate_rnd` converts yuv420p to RGB exactly as DALI's CPU decoder
-does (DESIGN.md), and the recorded window / crop / flip are redone in numpy.
+does (docs/DESIGN.md, Numerics), and the recorded window / crop / flip are redone in numpy.
 """
 
 from __future__ import annotations
