@@ -1,6 +1,6 @@
 """The sample streams, as pure functions of (seed, epoch, position): no state, so resuming is exact.
 
-DALI 2.4 cannot checkpoint a pipeline that contains `fn.decoders.video` (DESIGN.md), so everything
+DALI 2.4 cannot checkpoint a pipeline that contains `fn.decoders.video` (docs/DESIGN.md), so everything
 random is drawn here, in Python, and fed to the graph through `fn.external_source`. A loader's whole
 state is then the number of batches it has consumed.
 
