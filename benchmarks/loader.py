@@ -195,7 +195,7 @@ def _train_sampler(table, batch_size: int, seed: int):
 def _keep(t) -> np.ndarray:
     """A copy of a small batch tensor that the benchmark keeps for the whole run. Keeping the
     loader's own tensors (numpy views) pins glibc heap pages between the per-batch clip buffers:
-    peak RSS then grows with the run (+4 MB per batch measured), which is not the loader's memory."""
+    peak RSS then grows with the run (benchmarks/RESULTS.md), which is not the loader's memory."""
     return np.array(t.cpu().numpy(), copy=True)
 
 
