@@ -27,9 +27,13 @@ from typing import NamedTuple
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines.graphs import _Source, _source_node, augment
-from dali_pipelines.sampler import TrainSampler
+from dali_pipelines.graphs import TRAIN_OUTPUTS, augment, in_order, source_node
+from dali_pipelines.sampler import EpochStream
 from sharding.reader import ShardTable
+
+# What `sources.ImageTrainSource` returns per sample, in order (the graph's outputs are
+# graphs.TRAIN_OUTPUTS, so the training loader treats both graphs alike).
+IMAGE_INPUTS = ("encoded", "label", "matrix", "flip", "row", "start", "crop", "size")
 
 
 def is_image_set(info: dict) -> bool:
@@ -113,15 +117,15 @@ def prescaled_matrices(width: int, height: int, windows: np.ndarray, size: int):
     return m, (new_w, new_h)
 
 
-class ImageTrainSampler(TrainSampler):
+class ImageTrainSampler:
     """Maps a rank's sample number to an `ImageDraw`.
 
-    The stream is the video sampler's (same epoch order, same rank split, same `locate`), one
-    "video" per image; only the per-sample draw differs.
+    The stream is the video sampler's (`sampler.EpochStream`: same epoch order, same rank split),
+    one "video" per image; only the per-sample draw differs.
 
     Args:
         table: an image shard table (`is_image_set(table.info)`).
-        batch_size, rank, world_size, seed, flip, epoch_clips: as `TrainSampler`.
+        batch_size, rank, world_size, seed, flip, epoch_clips: as `sampler.TrainSampler`.
         clip_len: frames per pseudo-video (T).
         crop: output frame side.
         min_side: smallest window side (None = crop). The paper: 112.
@@ -130,9 +134,8 @@ class ImageTrainSampler(TrainSampler):
     def __init__(self, table: ShardTable, *, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, clip_len: int = 16, crop: int = 112, min_side: int | None = None,
                  flip: bool = True, epoch_clips: int | None = None):
-        # TrainSampler.__init__ is not called: its segment/clip-span checks are about videos.
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.stream = EpochStream(table.num_videos, batch_size=batch_size, rank=rank,
+                                  world_size=world_size, seed=seed, epoch_clips=epoch_clips)
         self.table = table
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.flip, self.crop, self.clip_len = seed, flip, crop, clip_len
@@ -149,7 +152,6 @@ class ImageTrainSampler(TrainSampler):
                              f"{self._sizes[small[0]][1]}: smaller than the {self.min_side}-pixel "
                              "smallest window; lower data.train.pan_min_side or rebuild with a larger "
                              "--image-min-side")
-        self._init_stream(epoch_clips)
 
     def _window(self, rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int]:
         side = int(rng.integers(self.min_side, min(width, height) + 1))
@@ -157,7 +159,7 @@ class ImageTrainSampler(TrainSampler):
 
     def draw_at(self, epoch: int, position: int) -> ImageDraw:
         """The sample at a global position of an epoch (identical on every rank)."""
-        video = int(self.epoch_order(epoch)[position])
+        video = int(self.stream.epoch_order(epoch)[position])
         rng = np.random.default_rng([self.seed, epoch, position])
         width, height = (int(v) for v in self._sizes[video])
         start = self._window(rng, width, height)
@@ -166,30 +168,9 @@ class ImageTrainSampler(TrainSampler):
         return ImageDraw(int(self.rows[video]), video, int(self.video_labels[video]), start, end, flip,
                          width, height)
 
-
-class ImageTrainSource(_Source):
-    """Per-sample callback of the image graph.
-
-    Returns: encoded (nbytes,) uint8 JPEG, label () int32, matrix (T, 2, 3) float32
-    (window_matrices, in the coordinates of the prescaled image), flip () int32, row () int64,
-    start () int32 (always 0: the loader's `start` field), crop (2,) int32 = the start window's
-    [x, y] in stored-image pixels (the loader's crop_x / crop_y), size (2,) float32 = [width,
-    height] to resize the image to first (`prescale`).
-    """
-
-    num_outputs = 8
-
-    def __init__(self, table: ShardTable, sampler: ImageTrainSampler):
-        super().__init__(table, sampler.batch_size)
-        self.sampler = sampler
-
-    def __call__(self, sample_info):
-        d = self.sampler.draw(self.sample_number(sample_info))
-        matrix, (width, height) = prescaled_matrices(
-            d.width, d.height, window_path(d.start, d.end, self.sampler.clip_len), self.sampler.crop)
-        return (self.read(d.row), np.array(d.label, np.int32), matrix, np.array(d.flip, np.int32),
-                np.array(d.row, np.int64), np.array(0, np.int32), np.array(d.start[:2], np.int32),
-                np.array([width, height], np.float32))
+    def draw(self, n: int) -> ImageDraw:
+        """This rank's n-th sample since the stream began (n counts across epochs)."""
+        return self.draw_at(*self.stream.locate(n))
 
 
 def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_size=None):
@@ -225,16 +206,20 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_si
 
 
 @pipeline_def
-def image_train_graph(source: ImageTrainSource, *, device: str, clip_len: int, crop: int,
-                      standardization: str, py_workers: int, prefetch: int):
-    """Pseudo-video training clips from still images; outputs as `graphs.train_graph`:
-    clips (C, T, crop, crop) uint8, scale, shift, label () int32, row () int64, start () int32,
-    crop (2,) int32, flip () int32."""
-    encoded, label, matrix, flip, row, start, crop_xy, image_size = _source_node(
-        source, source.num_outputs, py_workers, prefetch)
-    frames = pan_zoom(encoded, matrix, device=device, clip_len=clip_len, size=crop,
-                      image_size=image_size)  # (T, crop, crop, C)
+def image_train_graph(source, *, device: str, clip_len: int, crop: int, standardization: str,
+                      py_workers: int, prefetch: int):
+    """Pseudo-video training clips from still images.
+
+    Args:
+        source: a `sources.ImageTrainSource` (returns `IMAGE_INPUTS`).
+
+    Outputs: `graphs.TRAIN_OUTPUTS`, as `graphs.train_graph`: clips (C, T, crop, crop) uint8,
+    scale, shift, label () int32, row () int64, start () int32, crop (2,) int32, flip () int32.
+    """
+    x = source_node(source, py_workers, prefetch)
+    frames = pan_zoom(x["encoded"], x["matrix"], device=device, clip_len=clip_len, size=crop,
+                      image_size=x["size"])  # (T, crop, crop, C)
     # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=flip,
+    clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=x["flip"],
                                   standardization=standardization)  # (C, T, crop, crop) uint8
-    return clips, scale, shift, label, row, start, crop_xy, flip
+    return in_order(TRAIN_OUTPUTS, clips=clips, scale=scale, shift=shift, **x)

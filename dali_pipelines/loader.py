@@ -19,9 +19,10 @@ import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.graphs import EvalSource, TrainSource, eval_graph, train_graph
-from dali_pipelines.images import ImageTrainSampler, ImageTrainSource, image_train_graph, is_image_set
+from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train_graph
+from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
+from dali_pipelines.sources import EvalSource, ImageTrainSource, TrainSource
 from sharding.reader import ShardError, load_shards
 
 
@@ -64,7 +65,7 @@ class _Loader:
     """Shared mechanics: lazy build at the first iteration, conversion to torch on `device`,
     the standardization's final affine pass."""
 
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # the graph's declared outputs (graphs.TRAIN_OUTPUTS / EVAL_OUTPUTS)
 
     def __init__(self, pipe, source, device: torch.device | str, py_workers: int):
         self.pipe, self.source = pipe, source
@@ -93,13 +94,14 @@ class TrainLoader(_Loader):
     Yields dicts of tensors on the rank's device:
         clips (B, C, T, H, W) float32, labels (B,) int64, index (B,) int64 = shard-table rows (name
         a sample with `loader.keys(index)`), and for debugging start (B,) (first frame of the window
-        in the stored segment), crop_x, crop_y (B,) (top-left of the crop) and flip (B,) bool.
+        in the stored sample: the whole video, or with `--container webm`/mp4 builds its segment),
+        crop_x, crop_y (B,) (top-left of the crop) and flip (B,) bool.
 
     `for batch in loader` yields the batches left in the current epoch: 10 steps per epoch,
     restored at position 23 -> the first loop yields 7 batches (epoch 2), then 10 per loop.
     """
 
-    names = ("clips", "scale", "shift", "labels", "index", "start", "crop", "flip")
+    names = TRAIN_OUTPUTS
 
     def __init__(self, cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):
@@ -132,7 +134,7 @@ class TrainLoader(_Loader):
     @property
     def steps_per_epoch(self) -> int:
         """Full global batches per epoch: `epoch_clips // (batch_size * world_size)`."""
-        return self.sampler.steps_per_epoch
+        return self.sampler.stream.steps_per_epoch
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -149,7 +151,8 @@ class TrainLoader(_Loader):
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same stream."""
         return {"position": self.position, "seed": self.cfg.seed,
-                "global_batch": self.sampler.global_batch, "epoch_clips": self.sampler.epoch_clips}
+                "global_batch": self.sampler.stream.global_batch,
+                "epoch_clips": self.sampler.stream.epoch_clips}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at `state["position"]`; call before the first iteration.
@@ -175,9 +178,8 @@ class TrainLoader(_Loader):
         for _ in range(self.steps_per_epoch - self.position % self.steps_per_epoch):
             out = self._next()
             self.position += 1
-            crop = out.pop("crop")
-            yield {"clips": out["clips"], "labels": out["labels"].long(), "index": out["index"],
-                   "start": out["start"], "crop_x": crop[:, 0], "crop_y": crop[:, 1],
+            yield {"clips": out["clips"], "labels": out["label"].long(), "index": out["row"],
+                   "start": out["start"], "crop_x": out["crop"][:, 0], "crop_y": out["crop"][:, 1],
                    "flip": out["flip"].bool()}
 
 
@@ -190,7 +192,7 @@ class EvalLoader(_Loader):
     exactly once with video >= 0.
     """
 
-    names = ("clips", "scale", "shift", "labels", "video", "index")
+    names = EVAL_OUTPUTS
 
     def __init__(self, cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):
@@ -230,8 +232,8 @@ class EvalLoader(_Loader):
         for _ in range(len(self)):
             out = self._next()
             self._consumed += 1
-            yield {"clips": out["clips"], "labels": out["labels"].long(),
-                   "video": out["video"].long(), "index": out["index"]}
+            yield {"clips": out["clips"], "labels": out["label"].long(),
+                   "video": out["video"].long(), "index": out["row"]}
 
 
 def make_train_loader(cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,

@@ -64,10 +64,10 @@ def _frame_sizes(table: ShardTable, rows: np.ndarray, resize_short: int | None, 
 class TrainDraw(NamedTuple):
     """One training sample: which stored sample to decode and how to augment it."""
 
-    row: int  # row of the shard table (the stored segment)
+    row: int  # row of the shard table: the stored sample (a whole video; a segment with --container webm/mp4)
     video: int  # video index in the table's grouping
     label: int
-    start: int  # first frame of the window within the stored segment
+    start: int  # first frame of the window within the stored sample
     crop_x: int  # top-left pixel of the crop in the (resized) frame
     crop_y: int
     flip: bool
@@ -75,58 +75,34 @@ class TrainDraw(NamedTuple):
     height: int
 
 
-class TrainSampler:
-    """Maps a rank's sample number to a `TrainDraw`; see the module docstring for the stream.
+class EpochStream:
+    """The epoch order and rank split shared by the video and image training samplers.
+
+    Epoch e visits the V videos in the order `default_rng([seed, e]).permutation(V)`, with further
+    permutations appended when `epoch_clips > V`; global position i goes to rank `i % world_size`.
 
     Args:
-        table: the training shard table.
+        num_videos: V.
         batch_size: clips per rank and step.
         rank, world_size: this rank among all (global ranks).
         seed: the stream's seed.
-        clip_len, stride: frames per clip and the step between them.
-        crop: side of the square crop.
-        resize_short: the in-graph resize of the short side (None = as stored).
-        flip: whether to flip with p=0.5 (False: never).
-        epoch_clips: clips per epoch over all ranks (None = number of videos). Steps per epoch =
+        epoch_clips: clips per epoch over all ranks (None = V). Steps per epoch =
             `epoch_clips // (batch_size * world_size)`; the remainder is skipped so every batch is
             full (e.g. 10 videos, 2 ranks x 2: 2 steps, positions 8 and 9 unused).
     """
 
-    def __init__(self, table: ShardTable, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, clip_len: int = 16, stride: int = 1, crop: int = 112,
-                 resize_short: int | None = None, flip: bool = True, epoch_clips: int | None = None):
+    def __init__(self, num_videos: int, *, batch_size: int, rank: int, world_size: int, seed: int,
+                 epoch_clips: int | None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.span = clip_span(clip_len, stride)
-        segmented = len(table.video_ptr) > 1 and int(np.diff(table.video_ptr).max()) > 1
-        if self.span > table.clip_span and segmented:
-            # Segments overlap by clip_span - 1 frames; a longer window could cross a segment's end.
-            # (Whole videos, keyframe-indexed or not, serve any span.)
-            raise ValueError(f"a clip of {clip_len} frames with stride {stride} spans {self.span} "
-                             f"frames but {table.root} was built for clip_span {table.clip_span}; "
-                             f"rebuild the shards with --clip-span {self.span} (or more)")
-        self.table = table
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.flip = seed, flip
-        self.crop, self.resize_short = crop, resize_short
-        cols = table.columns
-        first_rows = table.video_first_rows()
-        self.num_videos = table.num_videos
-        self.video_frames = cols["video_num_frames"][first_rows]
-        self.video_labels = cols["labels"][first_rows]
-        # Owned starts as absolute frame indices, in CSR order (see ShardTable.video_rows).
-        self._own_lo = cols["first_frame"][table.video_rows] + cols["own_start"][table.video_rows]
-        self._sizes = _frame_sizes(table, first_rows, resize_short, crop)
-        self._init_stream(epoch_clips)
-
-    def _init_stream(self, epoch_clips: int | None) -> None:
-        """Epoch size and steps; shared with the image sampler (needs num_videos, batch_size, world_size)."""
-        self.epoch_clips = self.num_videos if epoch_clips is None else epoch_clips
-        self.global_batch = self.batch_size * self.world_size
+        self.num_videos, self.batch_size, self.rank, self.world_size = num_videos, batch_size, rank, world_size
+        self.seed = seed
+        self.epoch_clips = num_videos if epoch_clips is None else epoch_clips
+        self.global_batch = batch_size * world_size
         self.steps_per_epoch = self.epoch_clips // self.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"epoch_clips={self.epoch_clips} is less than one global batch "
-                             f"({self.batch_size} x {self.world_size} ranks); lower batch_size")
+                             f"({batch_size} x {world_size} ranks); lower batch_size")
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -148,6 +124,57 @@ class TrainSampler:
         epoch, j = divmod(int(n), per_rank_epoch)
         return epoch, j * self.world_size + self.rank
 
+
+class TrainSampler:
+    """Maps a rank's sample number to a `TrainDraw`; see the module docstring for the stream.
+
+    Args:
+        table: the training shard table.
+        batch_size: clips per rank and step.
+        rank, world_size: this rank among all (global ranks).
+        seed: the stream's seed.
+        clip_len, stride: frames per clip and the step between them.
+        crop: side of the square crop.
+        resize_short: the in-graph resize of the short side (None = as stored).
+        flip: whether to flip with p=0.5 (False: never).
+        epoch_clips: clips per epoch over all ranks (None = number of videos; `EpochStream`).
+    """
+
+    def __init__(self, table: ShardTable, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, clip_len: int = 16, stride: int = 1, crop: int = 112,
+                 resize_short: int | None = None, flip: bool = True, epoch_clips: int | None = None):
+        self.span = clip_span(clip_len, stride)
+        segmented = len(table.video_ptr) > 1 and int(np.diff(table.video_ptr).max()) > 1
+        if self.span > table.clip_span and segmented:
+            # Segments overlap by clip_span - 1 frames; a longer window could cross a segment's end.
+            # (Whole videos, keyframe-indexed or not, serve any span.)
+            raise ValueError(f"a clip of {clip_len} frames with stride {stride} spans {self.span} "
+                             f"frames but {table.root} was built for clip_span {table.clip_span}; "
+                             f"rebuild the shards with --clip-span {self.span} (or more)")
+        self.table = table
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.flip = seed, flip
+        self.crop, self.resize_short = crop, resize_short
+        cols = table.columns
+        first_rows = table.video_first_rows()
+        self.num_videos = table.num_videos
+        self.video_frames = cols["video_num_frames"][first_rows]
+        self.video_labels = cols["labels"][first_rows]
+        # Owned starts as absolute frame indices, in CSR order (see ShardTable.video_rows).
+        self._own_lo = cols["first_frame"][table.video_rows] + cols["own_start"][table.video_rows]
+        self._sizes = _frame_sizes(table, first_rows, resize_short, crop)
+        self.stream = EpochStream(self.num_videos, batch_size=batch_size, rank=rank,
+                                  world_size=world_size, seed=seed, epoch_clips=epoch_clips)
+
+    # The stream (epoch order, rank split): see EpochStream.
+    epoch_clips = property(lambda self: self.stream.epoch_clips)
+    global_batch = property(lambda self: self.stream.global_batch)
+    steps_per_epoch = property(lambda self: self.stream.steps_per_epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Video index at each global position of `epoch` (`EpochStream.epoch_order`)."""
+        return self.stream.epoch_order(epoch)
+
     def draw_at(self, epoch: int, position: int) -> TrainDraw:
         """The sample at a global position of an epoch (identical on every rank)."""
         video = int(self.epoch_order(epoch)[position])
@@ -155,8 +182,9 @@ class TrainSampler:
         frames = int(self.video_frames[video])
         # Uniform over all W' = F - span + 1 starts of this clip length (1 for a short video).
         t = int(rng.integers(max(frames - self.span + 1, 1)))
-        # The segment owning start t for the build's span also holds every later start of a shorter
-        # span (FORMAT.md); starts past the build's last one live in the last segment.
+        # Segmented builds: the segment owning start t for the build's span also holds every later
+        # start of a shorter span (FORMAT.md); starts past the build's last one live in the last
+        # segment. A whole-video build (the default ivf layout) has one row per video, found here too.
         t_own = min(t, max(frames - self.table.clip_span + 1, 1) - 1)
         lo, hi = self.table.video_ptr[video], self.table.video_ptr[video + 1]
         seg = lo + int(np.searchsorted(self._own_lo[lo:hi], t_own, side="right")) - 1
@@ -171,7 +199,7 @@ class TrainSampler:
 
     def draw(self, n: int) -> TrainDraw:
         """This rank's n-th sample since the stream began (n counts across epochs)."""
-        return self.draw_at(*self.locate(n))
+        return self.draw_at(*self.stream.locate(n))
 
 
 class EvalDraw(NamedTuple):
