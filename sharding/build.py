@@ -25,17 +25,15 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
-from sharding import ivf
-from sharding.encode import CODECS, CONTAINERS, VideoError, decode, default_container, encode
-from sharding.images import process_image
-from sharding.layouts import LayoutError, VideoItem, list_inputs
-from sharding.segments import plan_segments
+from sharding.encode import CODECS, CONTAINERS, default_container
+from sharding.layouts import LayoutError, Listing, VideoItem, list_inputs
+from sharding.media import Media, media_for, process_item
 from sharding.shardio import FORMAT_VERSION, atomic_write_json, write_shard
-
 
 
 class BuildError(Exception):
@@ -49,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", required=True, choices=["folders", "kinetics", "list", "images"],
                    help="images: still images (SUN397), one JPEG sample each (sharding/images.py)")
     p.add_argument("--split", required=True, choices=["train", "eval"],
-                   help="train: overlapping segments per video; eval: one whole video per sample")
+                   help="train: one keyframe-indexed whole video per sample (ivf; overlapping segments "
+                        "with --container webm/mp4); eval: one whole video per sample")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--annotations", type=Path, help="--layout kinetics: the annotation CSV")
     p.add_argument("--csv-split", help="--layout kinetics: keep only CSV rows with this `split` value")
@@ -124,50 +123,6 @@ def read_class_file(path: Path) -> list[str]:
 def dataset_name(args: argparse.Namespace) -> str:
     name = args.dataset or (args.input.stem if args.layout == "list" else args.input.resolve().name)
     return "".join(ch for ch in name.lower() if ch.isalnum()) or "dataset"
-
-
-# ----------------------------------------------------------------------------- one video (worker)
-
-def process_video(item: VideoItem, label: int, opts: dict) -> dict:
-    """Decode, resize, segment and encode one video. Runs in a worker process.
-
-    Returns:
-        {"video_id", "samples": [(key, ext, bytes, meta)], "bytes_in", "short"} or
-        {"video_id", "error": reason, "path"}.
-    """
-    if opts.get("media") == "image":  # --layout images: one JPEG sample per still image
-        return process_image(item, label, opts)
-    try:
-        bytes_in = os.path.getsize(item.path) if os.path.exists(item.path) else 0
-        video = decode(item.path, opts["short_side"], opts["fps"])
-        n = len(video.frames)
-        if opts["split"] == "train":
-            segments = plan_segments(n, opts["clip_span"], opts["segment_frames"] or None)
-        else:
-            segments = plan_segments(n, opts["clip_span"], None)
-        ext = opts["container"]
-        samples = []
-        for s, seg in enumerate(segments):
-            data = encode(video.frames[seg.first_frame: seg.first_frame + seg.num_frames], video.width,
-                          video.height, video.fps, opts["codec"], opts["crf"], opts["speed"], opts["gop"],
-                          opts["container"])
-            key = item.video_id if opts["split"] == "eval" else f"{item.video_id}_s{s:03d}"
-            meta = {
-                "key": key, "video_id": item.video_id, "class_name": item.class_name, "label": label,
-                "source": item.path, "fps": float(video.fps), "num_frames": seg.num_frames,
-                "video_num_frames": n, "first_frame": seg.first_frame, "segment": s,
-                "num_segments": len(segments), "own_start": seg.own_start, "own_count": seg.own_count,
-                "width": video.width, "height": video.height, "short": n < opts["clip_span"],
-                "vfr_converted": video.vfr, "src_width": video.src_width, "src_height": video.src_height,
-            }
-            if ext == "ivf":  # where a reader may cut the stream (FORMAT.md)
-                meta["keyframes"], meta["keyframe_offsets"] = ivf.keyframes(data)
-            samples.append((key, ext, data, meta))
-        return {"video_id": item.video_id, "samples": samples, "bytes_in": bytes_in, "short": n < opts["clip_span"]}
-    except (VideoError, ivf.IVFError) as e:
-        return {"video_id": item.video_id, "path": item.path, "error": str(e)}
-    except Exception as e:  # an unexpected library failure on one file must not stop the build
-        return {"video_id": item.video_id, "path": item.path, "error": f"unexpected {type(e).__name__}: {e}"}
 
 
 # ----------------------------------------------------------------------------- the build
@@ -246,92 +201,113 @@ class Progress:
 
 
 def _ordered_results(items_with_labels, opts, workers):
-    """Yield process_video results in input order, keeping at most 4*workers videos in flight so
+    """Yield process_item results in input order, keeping at most 4*workers videos in flight so
     memory stays bounded whatever the dataset size."""
     if workers == 0:
         for item, label in items_with_labels:
-            yield process_video(item, label, opts)
+            yield process_item(item, label, opts)
         return
     ctx = multiprocessing.get_context("spawn")  # no inherited FFmpeg state from this process
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: deque = deque()
         it = iter(items_with_labels)
         for item, label in it:
-            pending.append(pool.submit(process_video, item, label, opts))
+            pending.append(pool.submit(process_item, item, label, opts))
             if len(pending) >= 4 * workers:
                 break
         while pending:
             yield pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(process_video, nxt[0], nxt[1], opts))
+                pending.append(pool.submit(process_item, nxt[0], nxt[1], opts))
 
 
-def build(args: argparse.Namespace) -> int:
-    """Run a build; returns the exit code (0, or 1 when the error rate is over --max-error-rate)."""
-    t0 = time.time()
+@dataclass
+class Selection:
+    """The inputs of a build after the class filters: what `select_inputs` returns."""
+
+    listing: Listing
+    classes: list[str]               # kept class names, sorted; label = index
+    items: list[VideoItem]           # the kept inputs, in listing order
+    num_excluded: int                # inputs of left-out classes
+    digest: str                      # sha256 of the kept (path, class, id) lines: the inputs' identity
+
+    def __post_init__(self):
+        self._labels = {c: i for i, c in enumerate(self.classes)}
+
+    def label(self, item: VideoItem) -> int:
+        return self._labels[item.class_name]
+
+
+def _warn_unknown(names: set[str], source: Path, what: str) -> None:
+    if names:
+        names = sorted(names)
+        print(f"[build] warning: {len(names)} classes of {source} {what}: "
+              f"{names[:5]}{' ...' if len(names) > 5 else ''}", file=sys.stderr)
+
+
+def select_inputs(args: argparse.Namespace) -> Selection:
+    """List the inputs (`--layout`) and keep the classes `--include-classes`/`--exclude-classes` allow."""
     try:
         listing = list_inputs(args.layout, args.input, args.annotations, args.csv_split)
     except LayoutError as e:
         raise BuildError(str(e)) from None
-    dataset = dataset_name(args)
-    all_classes = sorted({it.class_name for it in listing.items})
+    all_classes = {it.class_name for it in listing.items}
     keep = set(all_classes)
     if args.include_classes:
-        wanted = read_class_file(args.include_classes)
-        unknown = sorted(set(wanted) - keep)
-        if unknown:
-            print(f"[build] warning: {len(unknown)} classes of {args.include_classes} have no videos: "
-                  f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}", file=sys.stderr)
-        keep &= set(wanted)
+        wanted = set(read_class_file(args.include_classes))
+        _warn_unknown(wanted - keep, args.include_classes, "have no videos")
+        keep &= wanted
     if args.exclude_classes:
-        drop = read_class_file(args.exclude_classes)
-        unknown = sorted(set(drop) - set(all_classes))
-        if unknown:
-            print(f"[build] warning: {len(unknown)} classes of {args.exclude_classes} are not in the input: "
-                  f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}", file=sys.stderr)
-        keep -= set(drop)
+        drop = set(read_class_file(args.exclude_classes))
+        _warn_unknown(drop - all_classes, args.exclude_classes, "are not in the input")
+        keep -= drop
     classes = sorted(keep)
     if not classes:
         raise BuildError("no classes left after --include-classes/--exclude-classes")
-    label_of = {c: i for i, c in enumerate(classes)}
-    items = [it for it in listing.items if it.class_name in label_of]
-    num_excluded = len(listing.items) - len(items)
+    items = [it for it in listing.items if it.class_name in keep]
     digest = hashlib.sha256("\n".join(f"{it.path}\t{it.class_name}\t{it.video_id}" for it in items).encode()).hexdigest()
+    return Selection(listing, classes, items, len(listing.items) - len(items), digest)
 
-    out = args.out
-    identity = _identity(args, digest, classes)
-    if args.layout == "images":  # only for image builds: video builds keep their identity
-        identity["image"] = {"min_side": args.image_min_side, "max_side": args.image_max_side,
-                             "quality": args.jpeg_quality}
-    _prepare_out(out, identity, args.overwrite)
-    for tmp in out.glob("*.tmp"):  # leftovers of a killed run; the shard they belonged to is redone
-        tmp.unlink()
 
-    # seeded order across shards, then fixed chunks: shard j = order[j*S:(j+1)*S]
-    order = list(range(len(items)))
+@dataclass
+class ShardPlan:
+    """Seeded order across shards, then fixed chunks: shard j holds inputs `order[j*S:(j+1)*S]`;
+    this part builds the shards `shard_ids` (j % num_parts == part)."""
+
+    order: list[int]
+    per_shard: int
+    shard_ids: list[int]
+    split: str
+
+    def name(self, j: int) -> str:
+        return f"{self.split}-{j:06d}"
+
+    def members(self, j: int) -> list[int]:
+        return self.order[j * self.per_shard:(j + 1) * self.per_shard]
+
+
+def plan_shards(args: argparse.Namespace, num_items: int) -> ShardPlan:
+    order = list(range(num_items))
     random.Random(args.seed).shuffle(order)
     S = args.videos_per_shard
     shard_ids = [j for j in range((len(order) + S - 1) // S) if j % args.num_parts == args.part]
-    name = lambda j: f"{args.split}-{j:06d}"  # noqa: E731
-    todo = [j for j in shard_ids if not (out / "_parts" / f"{name(j)}.json").is_file()]
-    if len(todo) < len(shard_ids):
-        print(f"[build] resuming: {len(shard_ids) - len(todo)} of {len(shard_ids)} shards already done",
-              file=sys.stderr)
+    return ShardPlan(order, S, shard_ids, args.split)
 
-    opts = {"split": args.split, "short_side": args.short_side, "fps": args.fps, "codec": args.codec,
-            "container": args.container,
-            "crf": args.crf, "speed": args.speed, "gop": args.gop, "clip_span": args.clip_span,
-            "segment_frames": args.segment_frames, "media": "image" if args.layout == "images" else "video",
-            "image_min_side": args.image_min_side, "image_max_side": args.image_max_side,
-            "jpeg_quality": args.jpeg_quality}
-    jobs = [(items[i], label_of[items[i].class_name]) for j in todo for i in order[j * S:(j + 1) * S]]
+
+def run_shards(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media: Media) -> int:
+    """Encode and write every shard of `plan` that has no state file yet; returns the inputs processed."""
+    out = args.out
+    todo = [j for j in plan.shard_ids if not (out / "_parts" / f"{plan.name(j)}.json").is_file()]
+    if len(todo) < len(plan.shard_ids):
+        print(f"[build] resuming: {len(plan.shard_ids) - len(todo)} of {len(plan.shard_ids)} shards already done",
+              file=sys.stderr)
+    jobs = [(sel.items[i], sel.label(sel.items[i])) for j in todo for i in plan.members(j)]
     progress = Progress(len(jobs), args.quiet)
-    results = _ordered_results(jobs, opts, args.workers)
+    results = _ordered_results(jobs, media.worker_options(args), args.workers)
     for j in todo:
-        n = len(order[j * S:(j + 1) * S])
         samples, errors, n_short, bytes_in = [], [], 0, 0
-        for _ in range(n):
+        for _ in plan.members(j):
             r = next(results)
             if "error" in r:
                 errors.append({"path": r["path"], "reason": r["error"]})
@@ -340,62 +316,59 @@ def build(args: argparse.Namespace) -> int:
                 n_short += int(r["short"])
                 bytes_in += r["bytes_in"]
             progress.update(error="error" in r)
-        entry = write_shard(out / f"{name(j)}.tar", samples) if samples else None
-        atomic_write_json(out / "_parts" / f"{name(j)}.json",
+        entry = write_shard(out / f"{plan.name(j)}.tar", samples) if samples else None
+        atomic_write_json(out / "_parts" / f"{plan.name(j)}.json",
                           {"shard": entry, "errors": errors, "num_short": n_short, "bytes_in": bytes_in})
     progress.close()
+    return len(jobs)
 
-    # the manifest, from every shard's state file (also those done by an earlier, killed run)
-    states = [json.loads((out / "_parts" / f"{name(j)}.json").read_text()) for j in shard_ids]
+
+def write_manifest(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media: Media) -> tuple[dict, list]:
+    """`_info.json` from every shard's state file (also those done by an earlier, killed run)."""
+    dataset = dataset_name(args)
+    states = [json.loads((args.out / "_parts" / f"{plan.name(j)}.json").read_text()) for j in plan.shard_ids]
     shards = [s["shard"] for s in states if s["shard"]]
-    errors = [e for s in states for e in s["errors"]]
-    num_inputs = sum(len(order[j * S:(j + 1) * S]) for j in shard_ids)
     info = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
         "split": args.split,
-        "classes": [{"label": i, "name": c, "text": class_text(c, dataset)} for i, c in enumerate(classes)],
-        "num_classes": len(classes),
+        "classes": [{"label": i, "name": c, "text": class_text(c, dataset)} for i, c in enumerate(sel.classes)],
+        "num_classes": len(sel.classes),
         "num_videos": sum(s["num_videos"] for s in shards),
         "num_samples": sum(s["num_samples"] for s in shards),
         "num_short_videos": sum(s["num_short"] for s in states),
-        "num_inputs": num_inputs,
-        "num_excluded_class_videos": num_excluded,
+        "num_inputs": sum(len(plan.members(j)) for j in plan.shard_ids),
+        "num_excluded_class_videos": sel.num_excluded,
         "shards": shards,
-        "encoding": {"codec": args.codec, "ext": args.container, "container": args.container,
-                     "short_side": args.short_side, "fps": args.fps, "pix_fmt": "yuv420p",
-                     "segment_frames": (args.segment_frames or None) if args.split == "train" else None,
-                     "clip_span": args.clip_span, "crf": args.crf, "speed": args.speed, "gop": args.gop},
+        "encoding": media.encoding(args),
         "layout": args.layout,
         "part": {"index": args.part, "num_parts": args.num_parts},
         "build": {"command": [Path(sys.executable).name, "-m", "sharding.build"] + sys.argv[1:],
-                  "version": __version__, "seed": args.seed, "videos_per_shard": S,
+                  "version": __version__, "seed": args.seed, "videos_per_shard": plan.per_shard,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "errors": errors,
-        "ignored": listing.ignored,
+        "errors": [e for s in states for e in s["errors"]],
+        "ignored": sel.listing.ignored,
     }
-    if args.layout == "images":
-        # one-frame "videos": each image owns one window start (clip_span 1); FORMAT.md
-        info["encoding"] = {"media": "image", "codec": "jpeg", "ext": "jpg", "container": "jpeg",
-                            "min_short_side": args.image_min_side, "max_short_side": args.image_max_side,
-                            "quality": args.jpeg_quality, "segment_frames": None, "clip_span": 1}
-    atomic_write_json(out / "_info.json", info)
+    atomic_write_json(args.out / "_info.json", info)
+    return info, states
 
-    dt = time.time() - t0
-    bytes_out = sum(s["bytes"] for s in shards)
+
+def summarize(args: argparse.Namespace, info: dict, states: list, num_jobs: int, seconds: float) -> int:
+    """Print the build summary; the exit code: 1 when the error rate is over --max-error-rate."""
+    out, errors, num_inputs = args.out, info["errors"], info["num_inputs"]
+    bytes_out = sum(s["bytes"] for s in info["shards"])
     bytes_in = sum(s["bytes_in"] for s in states)
-    print(f"[build] done: {info['num_videos']} videos, {info['num_samples']} samples in {len(shards)} shards, "
-          f"{len(errors)} errors, {len(jobs) / max(dt, 1e-9):.1f} videos/s this run ({dt:.1f}s), "
+    print(f"[build] done: {info['num_videos']} videos, {info['num_samples']} samples in {len(info['shards'])} shards, "
+          f"{len(errors)} errors, {num_jobs / max(seconds, 1e-9):.1f} videos/s this run ({seconds:.1f}s), "
           f"in {bytes_in / 1e6:.1f} MB -> out {bytes_out / 1e6:.1f} MB  ({out / '_info.json'})", file=sys.stderr)
-    if listing.ignored:
-        print(f"[build] note: {len(listing.ignored)} non-video files ignored (listed in _info.json 'ignored')",
+    if info["ignored"]:
+        print(f"[build] note: {len(info['ignored'])} non-video files ignored (listed in _info.json 'ignored')",
               file=sys.stderr)
     rate = len(errors) / max(num_inputs, 1)
-    if errors:
-        for e in errors[:10]:
-            print(f"[build] error: {e['path']}: {e['reason']}", file=sys.stderr)
-        if len(errors) > 10:
-            print(f"[build] ... {len(errors) - 10} more in {out / '_info.json'} 'errors'", file=sys.stderr)
+    for e in errors[:10]:
+        print(f"[build] error: {e['path']}: {e['reason']}", file=sys.stderr)
+    if len(errors) > 10:
+        print(f"[build] ... {len(errors) - 10} more in {out / '_info.json'} 'errors'", file=sys.stderr)
     if rate > args.max_error_rate:
         print(f"[build] FAILED: {len(errors)} of {num_inputs} inputs ({rate:.1%}) could not be stored, over "
               f"--max-error-rate {args.max_error_rate:.1%}. Everything else is written; fix or remove the "
@@ -403,6 +376,21 @@ def build(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+def build(args: argparse.Namespace) -> int:
+    """Run a build: select classes -> run shards -> write manifest. Returns the exit code (0, or 1
+    when the error rate is over --max-error-rate)."""
+    t0 = time.time()
+    media = media_for(args.layout)
+    sel = select_inputs(args)
+    identity = {**_identity(args, sel.digest, sel.classes), **media.identity(args)}
+    _prepare_out(args.out, identity, args.overwrite)
+    for tmp in args.out.glob("*.tmp"):  # leftovers of a killed run; the shard they belonged to is redone
+        tmp.unlink()
+    plan = plan_shards(args, len(sel.items))
+    num_jobs = run_shards(args, sel, plan, media)
+    info, states = write_manifest(args, sel, plan, media)
+    return summarize(args, info, states, num_jobs, time.time() - t0)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)

@@ -1,4 +1,4 @@
-"""Still images for `python -m sharding.build --layout images`: listing and the per-image worker.
+"""Still images for `python -m sharding.build --layout images`: the per-image worker.
 
 The paper pretrains on SUN397 by turning each still image into a pseudo-video (a camera pan/zoom
 over the image, made at load time by dali_pipelines/images.py). Here an image is only decoded,
@@ -6,75 +6,18 @@ rescaled and stored as a JPEG sample with the same members and table columns as 
 (FORMAT.md, "Image shard sets"), so the builder's machinery (seeded order, shard writing, resume,
 errors) is shared unchanged.
 
-Layouts (`--layout images`):
-- `ROOT/<class>/<image>`: every file under a class folder; the class is the folder path under ROOT,
-  so nested folders give nested names.
-- SUN397, `ROOT/<letter>/<class>[/<subclass>]/<image>` (`SUN397/a/abbey/sun_a.jpg`,
-  `SUN397/b/bakery/shop/sun_b.jpg`): recognised when every top-level folder is a single lower-case
-  letter; the letter is dropped, the rest of the folder path is the class (`abbey`, `bakery/shop`),
-  exactly as the paper's code names them (ClassName.txt lines minus `/x/`).
-
-A class is the folder that directly holds the image: `ROOT/b/bakery/shop/x.jpg` is `bakery/shop`,
-never `bakery`.
+The listing (a class is the folder path under ROOT, SUN397's letter folders dropped) is
+`sharding.layouts.list_images`.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
-
-from sharding.layouts import LayoutError, Listing, _with_unique_ids
-
-IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .gif .webp .tif .tiff".split())
 
 # The paper's rescaling (auxiliary_stillimages.py): short side at least 172 and at most 512.
 MIN_SHORT_SIDE = 172
 MAX_SHORT_SIDE = 512
-
-
-def is_letter_layout(root: Path) -> bool:
-    """True for SUN397's `ROOT/<letter>/<class>/...`: every top-level folder is one lower-case letter.
-
-    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a").mkdir(); is_letter_layout(d)
-    True
-    """
-    dirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    return bool(dirs) and all(len(n) == 1 and n.isalpha() and n.islower() for n in dirs)
-
-
-def list_images(root: Path) -> Listing:
-    """Every image under ROOT, its class being its folder's path under ROOT (minus SUN's letter).
-
-    Files directly in ROOT (or directly in a letter folder) have no class and are listed in
-    `ignored`, as are files with a non-image extension.
-
-    Args:
-        root: the dataset folder.
-
-    Returns:
-        The listing; video ids are file stems (whole relative paths where stems repeat).
-    """
-    if not root.is_dir():
-        raise LayoutError(f"--layout images needs a folder, got {root}")
-    letters = is_letter_layout(root)
-    raw, ignored = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        parts = rel_dir.parts[1:] if letters else rel_dir.parts
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            rel = str(rel_dir / name)
-            if not parts or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(rel)
-                continue
-            raw.append((str((Path(dirpath) / name).resolve()), "/".join(parts), rel))
-    if not raw:
-        raise LayoutError(f"--layout images: no images under {root} (expected ROOT/<class>/<image> or "
-                          f"SUN397's ROOT/<letter>/<class>/<image>; extensions {' '.join(sorted(IMAGE_EXTENSIONS))})")
-    return Listing(_with_unique_ids(raw), ignored)
 
 
 def image_size(width: int, height: int, min_short: int = MIN_SHORT_SIDE,

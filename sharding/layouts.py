@@ -8,7 +8,7 @@ Four layouts, chosen with `--layout`:
   folder with files named `<youtube_id>_<start:06d>_<end:06d>.<ext>`, flat or one folder per class.
 - `list`:     a CSV with a `path,label` header; relative paths are relative to the CSV's folder.
 - `images`:   still images, ROOT/<class>/<image> or SUN397's ROOT/<letter>/<class>/<image>
-  (sharding/images.py).
+  (`list_images`; sharding/images.py stores them).
 
 Nothing here opens a video: a listed file that is missing or broken is reported by the builder in
 the manifest's `errors`, never dropped here.
@@ -26,6 +26,7 @@ from pathlib import Path
 VIDEO_EXTENSIONS = frozenset(
     ".avi .mp4 .m4v .mkv .webm .mov .mpg .mpeg .flv .3gp .ogv .wmv .ts .mts .vob".split()
 )
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .gif .webp .tif .tiff".split())
 
 
 class LayoutError(ValueError):
@@ -170,6 +171,61 @@ def list_csv(csv_path: Path) -> Listing:
     return Listing(_with_unique_ids(raw), [])
 
 
+def is_letter_layout(root: Path) -> bool:
+    """True for SUN397's `ROOT/<letter>/<class>/...`: every top-level folder is one lower-case letter.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a").mkdir(); is_letter_layout(d)
+    True
+    """
+    dirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return bool(dirs) and all(len(n) == 1 and n.isalpha() and n.islower() for n in dirs)
+
+
+def list_images(root: Path) -> Listing:
+    """Every image under ROOT, its class being its folder's path under ROOT (minus SUN's letter).
+
+    Layouts (`--layout images`):
+    - `ROOT/<class>/<image>`: every file under a class folder; the class is the folder path under ROOT,
+      so nested folders give nested names.
+    - SUN397, `ROOT/<letter>/<class>[/<subclass>]/<image>` (`SUN397/a/abbey/sun_a.jpg`,
+      `SUN397/b/bakery/shop/sun_b.jpg`): recognised when every top-level folder is a single lower-case
+      letter; the letter is dropped, the rest of the folder path is the class (`abbey`, `bakery/shop`),
+      exactly as the paper's code names them (ClassName.txt lines minus `/x/`).
+
+    A class is the folder that directly holds the image: `ROOT/b/bakery/shop/x.jpg` is `bakery/shop`,
+    never `bakery`.
+
+    Files directly in ROOT (or directly in a letter folder) have no class and are listed in
+    `ignored`, as are files with a non-image extension.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        The listing; video ids are file stems (whole relative paths where stems repeat).
+    """
+    if not root.is_dir():
+        raise LayoutError(f"--layout images needs a folder, got {root}")
+    letters = is_letter_layout(root)
+    raw, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        parts = rel_dir.parts[1:] if letters else rel_dir.parts
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = str(rel_dir / name)
+            if not parts or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                ignored.append(rel)
+                continue
+            raw.append((str((Path(dirpath) / name).resolve()), "/".join(parts), rel))
+    if not raw:
+        raise LayoutError(f"--layout images: no images under {root} (expected ROOT/<class>/<image> or "
+                          f"SUN397's ROOT/<letter>/<class>/<image>; extensions {' '.join(sorted(IMAGE_EXTENSIONS))})")
+    return Listing(_with_unique_ids(raw), ignored)
+
+
 def list_inputs(layout: str, input_path: Path, annotations: Path | None = None,
                 csv_split: str | None = None) -> Listing:
     """Dispatch on `--layout`, with clear errors for a missing or empty input."""
@@ -190,8 +246,6 @@ def list_inputs(layout: str, input_path: Path, annotations: Path | None = None,
             raise LayoutError(f"--layout list needs a CSV file (path,label), got {input_path}")
         listing = list_csv(input_path)
     elif layout == "images":
-        from sharding.images import list_images  # still images (SUN397); sharding/images.py
-
         return list_images(input_path)
     else:
         raise LayoutError(f"unknown --layout {layout!r}; use folders, kinetics, list or images")

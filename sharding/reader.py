@@ -73,7 +73,9 @@ class ShardTable:
 
     @property
     def clip_span(self) -> int:
-        """Frames a window covers in the build's segment plan (windows never cross a segment)."""
+        """The build's `--clip-span`: the frames one window covers, which sets each video's window
+        starts (`own_count`). In a segmented set (webm/mp4 train) no window of this span crosses a
+        segment; keyframe-indexed (ivf) and eval sets store whole videos, so any span can be read."""
         return int(self.info["encoding"]["clip_span"])
 
     def video_first_rows(self) -> np.ndarray:
@@ -246,32 +248,8 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
     keyframed = (info.get("encoding") or {}).get("container") == "ivf"
     tar_paths, parts = [], []
     for s_idx, shard in enumerate(shards):
-        tar, idx, table_path = (root / shard[k] for k in ("path", "index", "table"))
-        for p, what in ((tar, "tar shard"), (idx, "DALI index"), (table_path, "samples table")):
-            if not p.is_file():
-                raise _fail(p, f"{what} listed in {info_path.name} is missing")
-        tar_size = tar.stat().st_size
-        if tar_size != shard["bytes"]:
-            raise _fail(tar, f"size {tar_size} bytes, the manifest says {shard['bytes']} "
-                        "(truncated or replaced after the build; verify sha256 in _info.json)")
-        table = _load_json(table_path)
-        missing = [c for c in INT_COLUMNS + STR_COLUMNS if c not in table]
-        if missing:
-            raise _fail(table_path, f"columns {missing} missing")
-        lengths = {c: len(table[c]) for c in INT_COLUMNS + STR_COLUMNS}
-        if len(set(lengths.values())) != 1:
-            raise _fail(table_path, f"columns of unequal length {lengths}")
-        n = lengths["keys"]
-        if n != shard["num_samples"]:
-            raise _fail(table_path, f"{n} rows, the manifest says {shard['num_samples']}")
-        part = {c: np.asarray(table[c], dtype=np.int64) for c in INT_COLUMNS}
-        part.update({c: np.asarray(table[c], dtype=str) for c in STR_COLUMNS})
-        if n and int((part["offset"] + part["size"]).max()) > tar_size:
-            raise _fail(table_path, "a sample's byte range ends past the end of its tar")
-        part["shard"] = np.full(n, s_idx, dtype=np.int64)
-        if keyframed:
-            part.update(_keyframe_columns(table, table_path, part))
-        tar_paths.append(str(tar.resolve()))
+        tar, part = read_shard_table(root, shard, keyframed, s_idx, info_path.name)
+        tar_paths.append(tar)
         parts.append(part)
 
     kf = {}
@@ -293,6 +271,53 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
                     f"{info.get('num_videos')}")
     _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
     return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **kf)
+
+
+def read_shard_table(root: Path, shard: dict, keyframed: bool, shard_index: int = 0,
+                     manifest: str = "_info.json") -> tuple[str, dict[str, np.ndarray]]:
+    """Check one manifest shard entry against its files and read its samples table.
+
+    Args:
+        root: the folder the entry's paths are relative to.
+        shard: the `_info.json` entry ({path, index, table, num_samples, bytes, ...}).
+        keyframed: an ivf set: the keyframe columns are required and checked.
+        shard_index: the value of the returned `shard` column.
+        manifest: the manifest's name, for messages.
+
+    Returns:
+        (absolute tar path, columns): the FORMAT.md columns as numpy arrays plus `shard`, and for
+        ivf sets the keyframes as CSR arrays `kf_ptr`, `kf_frames`, `kf_offsets`.
+
+    Raises:
+        ShardError: a missing tar / index / table, a tar size other than the manifest's, a table
+            whose columns or row count differ from the manifest, or a byte range past the tar's end.
+    """
+    tar, idx, table_path = (root / shard[k] for k in ("path", "index", "table"))
+    for p, what in ((tar, "tar shard"), (idx, "DALI index"), (table_path, "samples table")):
+        if not p.is_file():
+            raise _fail(p, f"{what} listed in {manifest} is missing")
+    tar_size = tar.stat().st_size
+    if tar_size != shard["bytes"]:
+        raise _fail(tar, f"size {tar_size} bytes, the manifest says {shard['bytes']} "
+                    "(truncated or replaced after the build; verify sha256 in _info.json)")
+    table = _load_json(table_path)
+    missing = [c for c in INT_COLUMNS + STR_COLUMNS if c not in table]
+    if missing:
+        raise _fail(table_path, f"columns {missing} missing")
+    lengths = {c: len(table[c]) for c in INT_COLUMNS + STR_COLUMNS}
+    if len(set(lengths.values())) != 1:
+        raise _fail(table_path, f"columns of unequal length {lengths}")
+    n = lengths["keys"]
+    if n != shard["num_samples"]:
+        raise _fail(table_path, f"{n} rows, the manifest says {shard['num_samples']}")
+    part = {c: np.asarray(table[c], dtype=np.int64) for c in INT_COLUMNS}
+    part.update({c: np.asarray(table[c], dtype=str) for c in STR_COLUMNS})
+    if n and int((part["offset"] + part["size"]).max()) > tar_size:
+        raise _fail(table_path, "a sample's byte range ends past the end of its tar")
+    part["shard"] = np.full(n, shard_index, dtype=np.int64)
+    if keyframed:
+        part.update(_keyframe_columns(table, table_path, part))
+    return str(tar.resolve()), part
 
 
 def _keyframe_columns(table: dict, table_path: Path, part: dict) -> dict:

@@ -41,13 +41,13 @@ def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[s
         meta: the sample's json (must hold label, num_frames, first_frame, own_start, own_count).
     """
     ints = np.array([meta["num_frames"], meta["first_frame"], meta["own_start"], meta["own_count"]], "<i4")
-    return [
-        (f"{key}.{ext}", video),
-        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
-        (f"{key}.cls", str(meta["label"]).encode()),
-        (f"{key}.label", np.array([meta["label"]], "<i4").tobytes()),
-        (f"{key}.frames", ints.tobytes()),
-    ]
+    payload = {
+        "json": json.dumps(meta, sort_keys=True).encode(),
+        "cls": str(meta["label"]).encode(),
+        "label": np.array([meta["label"]], "<i4").tobytes(),
+        "frames": ints.tobytes(),
+    }
+    return [(f"{key}.{ext}", video)] + [(f"{key}.{m}", payload[m]) for m in MEMBER_ORDER]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

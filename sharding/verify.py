@@ -1,9 +1,12 @@
 """`python -m sharding.verify OUT`: re-check a build against its manifest and decode every sample.
 
-Checks, per shard: the file exists, its size and sha256 match the manifest, the tar holds exactly the
-table's samples with all five members, each member agrees with the table, the DALI index points at
-the same bytes, and every video decodes (PyAV) to the recorded frame count and size.
-Prints one line per problem and exits 1 if there is any.
+Checks, per shard: everything `load_shards` checks (the files exist, the tar's size, the table's
+columns and row count, byte ranges inside the tar; `sharding.reader.read_shard_table`), then the
+sha256 against the manifest, that the tar holds exactly the table's samples with all members in
+FORMAT.md's order, that each member agrees with the table, that the DALI index points at the same
+bytes, and that every video decodes (PyAV) to the recorded frame count and size, with the keyframes
+the table lists (ivf). Last, the whole set through `load_shards` (totals, window ownership), and the
+manifest's `warnings` against what is stored. Prints one line per problem and exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import av
 import numpy as np
 
 from sharding import ivf
-from sharding.shardio import KEYFRAME_COLUMNS, TABLE_COLUMNS, sha256_file
+from sharding.reader import SampleReader, ShardError, ShardTable, load_shards, read_shard_table
+from sharding.shardio import KEYFRAME_COLUMNS, MEMBER_ORDER, sha256_file
 
 
 def count_frames(data: bytes) -> tuple[int, int, int]:
@@ -31,71 +35,89 @@ def count_frames(data: bytes) -> tuple[int, int, int]:
     return n, w, h
 
 
-def read_member(tar_path: Path, offset: int, size: int) -> bytes:  # FIXME(#12): use load_shards + SampleReader
-    with open(tar_path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
+def _tar_members(tar_path: Path) -> dict[str, list[tarfile.TarInfo]]:
+    """The tar's members grouped by sample key, in tar order."""
+    members: dict[str, list[tarfile.TarInfo]] = {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            members.setdefault(m.name.partition(".")[0], []).append(m)
+    return members
 
 
-def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True) -> list[str]:
-    """All problems found in one shard (empty list: the shard is sound)."""
-    problems = []
-    tar_path = root / entry["path"]
-    for key in ("path", "index", "table"):
-        if not (root / entry[key]).is_file():
-            return [f"{root / entry[key]}: missing (re-run the build command to recreate it)"]
-    if tar_path.stat().st_size != entry["bytes"]:
-        problems.append(f"{tar_path}: {tar_path.stat().st_size} bytes, manifest says {entry['bytes']}")
-    if sha256_file(tar_path) != entry["sha256"]:
-        problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced)")
-    table = json.loads((root / entry["table"]).read_text())
-    expected = TABLE_COLUMNS + (KEYFRAME_COLUMNS if ext == "ivf" else ())
-    if sorted(table) != sorted(expected) or len({len(v) for v in table.values()}) != 1:
-        return problems + [f"{root / entry['table']}: malformed table"]
-    if len(table["keys"]) != entry["num_samples"]:
-        problems.append(f"{root / entry['table']}: {len(table['keys'])} samples, manifest says {entry['num_samples']}")
-    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: dict | None = None) -> list[str]:
+    """All problems found in one shard (empty list: the shard is sound).
+
+    Args:
+        root: the folder of the manifest that lists the shard.
+        entry: the shard's manifest entry.
+        ext: the video member's extension (`encoding.ext`).
+        decode: also decode every video (slow); False checks hashes, tables and members only.
+        info: the manifest (for the one-shard table); None builds a minimal one.
+    """
+    keyframed = ext == "ivf"
     try:
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                key, _, suffix = m.name.partition(".")
-                members.setdefault(key, {})[suffix] = m
+        tar, columns = read_shard_table(root, entry, keyframed)
+    except ShardError as e:
+        return [str(e)]
+    tar_path = Path(tar)
+    problems = []
+    if sha256_file(tar_path) != entry["sha256"]:
+        problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced); "
+                        "re-run the build command to rebuild it")
+    kf = {k: columns.pop(k) for k in ("kf_ptr", "kf_frames", "kf_offsets") if k in columns}
+    table = ShardTable.from_columns(columns, info or {"encoding": {"ext": ext}}, root, [tar])
+    keys = table.columns["keys"].tolist()
+    try:
+        members = _tar_members(tar_path)
     except tarfile.TarError as e:
         return problems + [f"{tar_path}: unreadable tar: {e}"]
-    if list(members) != table["keys"]:
+    if list(members) != keys:
         problems.append(f"{tar_path}: sample keys differ from {entry['table']}")
     index_lines = (root / entry["index"]).read_text().splitlines()
-    if index_lines[0] != f"v1.2 {len(table['keys'])}":
-        problems.append(f"{root / entry['index']}: header {index_lines[0]!r}, expected 'v1.2 {len(table['keys'])}'")
-    for i, key in enumerate(table["keys"]):
-        got = members.get(key, {})
-        missing = {ext, "json", "cls", "label", "frames"} - set(got)
-        if missing:
-            problems.append(f"{tar_path}: sample {key} lacks {sorted(missing)}")
-            continue
-        if got[ext].offset_data != table["offset"][i] or got[ext].size != table["size"][i]:
-            problems.append(f"{tar_path}: {key}.{ext} is not where the table says")
-            continue
-        if f"{ext} {table['offset'][i]} {table['size'][i]} {key}.{ext}" not in index_lines[i + 1]:
-            problems.append(f"{root / entry['index']}: line {i + 2} does not locate {key}.{ext}")
-        meta = json.loads(read_member(tar_path, got["json"].offset_data, got["json"].size))
-        label = np.frombuffer(read_member(tar_path, got["label"].offset_data, got["label"].size), "<i4")
-        ints = np.frombuffer(read_member(tar_path, got["frames"].offset_data, got["frames"].size), "<i4")
-        expect = [table["num_frames"][i], table["first_frame"][i], table["own_start"][i], table["own_count"][i]]
-        if meta["label"] != table["labels"][i] or label.tolist() != [table["labels"][i]] or ints.tolist() != expect:
-            problems.append(f"{tar_path}: {key}: json/label/frames members disagree with the table")
-        if decode:
+    if index_lines[0] != f"v1.2 {len(keys)}":
+        problems.append(f"{root / entry['index']}: header {index_lines[0]!r}, expected 'v1.2 {len(keys)}'")
+    cols = table.columns
+    order = (ext,) + MEMBER_ORDER
+    with SampleReader(table, max_open=1) as reader:
+        for i, key in enumerate(keys):
+            got = {m.name.partition(".")[2]: m for m in members.get(key, [])}
+            missing = set(order) - set(got)
+            if missing:
+                problems.append(f"{tar_path}: sample {key} lacks {sorted(missing)}")
+                continue
+            if tuple(m.name.partition(".")[2] for m in members[key]) != order:
+                problems.append(f"{tar_path}: sample {key}'s members are not in the order {list(order)}")
+            offset, size = int(cols["offset"][i]), int(cols["size"][i])
+            if got[ext].offset_data != offset or got[ext].size != size:
+                problems.append(f"{tar_path}: {key}.{ext} is not where the table says")
+                continue
+            if i + 1 >= len(index_lines) or f"{ext} {offset} {size} {key}.{ext}" not in index_lines[i + 1]:
+                problems.append(f"{root / entry['index']}: line {i + 2} does not locate {key}.{ext}")
+            meta, label, ints = (reader.read_range(0, got[m].offset_data, got[m].size)
+                                 for m in ("json", "label", "frames"))
+            meta = json.loads(meta)
+            label, ints = np.frombuffer(label, "<i4"), np.frombuffer(ints, "<i4")
+            expect = [int(cols[c][i]) for c in ("num_frames", "first_frame", "own_start", "own_count")]
+            if meta["label"] != cols["labels"][i] or label.tolist() != [cols["labels"][i]] \
+                    or ints.tolist() != expect:
+                problems.append(f"{tar_path}: {key}: json/label/frames members disagree with the table")
+            if not decode:
+                continue
             try:
-                data = read_member(tar_path, table["offset"][i], table["size"][i])
+                data = reader.read(i)
                 n, w, h = count_frames(data)
-                if ext == "ivf" and list(ivf.keyframes(data)) != [table[c][i] for c in KEYFRAME_COLUMNS]:
-                    problems.append(f"{tar_path}: {key}.ivf keyframes differ from the table's")
+                if keyframed:
+                    lo, hi = int(kf["kf_ptr"][i]), int(kf["kf_ptr"][i + 1])
+                    listed = [kf["kf_frames"][lo:hi].tolist(), kf["kf_offsets"][lo:hi].tolist()]
+                    if list(ivf.keyframes(data)) != listed:
+                        problems.append(f"{tar_path}: {key}.ivf keyframes differ from the table's")
             except Exception as e:
                 problems.append(f"{tar_path}: {key}.{ext} does not decode: {e}")
                 continue
-            if (n, w, h) != (table["num_frames"][i], table["width"][i], table["height"][i]):
+            want = (int(cols["num_frames"][i]), int(cols["width"][i]), int(cols["height"][i]))
+            if (n, w, h) != want:
                 problems.append(f"{tar_path}: {key}.{ext} decodes to {n} frames {w}x{h}, table says "
-                                f"{table['num_frames'][i]} frames {table['width'][i]}x{table['height'][i]}")
+                                f"{want[0]} frames {want[1]}x{want[2]}")
     return problems
 
 
@@ -107,9 +129,31 @@ def verify(root: Path, decode: bool = True) -> list[str]:
     info = json.loads(info_path.read_text())
     problems = []
     for entry in info["shards"]:
-        problems += verify_shard(root, entry, info["encoding"]["ext"], decode)
+        problems += verify_shard(root, entry, info["encoding"]["ext"], decode, info)
     if sum(s["num_samples"] for s in info["shards"]) != info["num_samples"]:
         problems.append(f"{info_path}: num_samples differs from the sum over shards")
+    if not problems:  # the set as a loader sees it: totals, ownership, keyframe tables
+        try:
+            table = load_shards(root)
+        except ShardError as e:
+            return [str(e)]
+        problems += _check_warnings(info, table, info_path)
+    return problems
+
+
+def _check_warnings(info: dict, table: ShardTable, info_path: Path) -> list[str]:
+    """Each `warnings` entry names a stored video whose stored frame count is the one it lists."""
+    problems = []
+    stored = {}
+    for r in table.video_first_rows():
+        stored[str(table.columns["video_ids"][r])] = int(table.columns["video_num_frames"][r])
+    for w in info.get("warnings", []):
+        vid = w.get("video_id")
+        if vid not in stored:
+            problems.append(f"{info_path}: warning for {w.get('path')} names video {vid!r}, which is not stored")
+        elif stored[vid] != w.get("stored_frames"):
+            problems.append(f"{info_path}: warning for {w.get('path')} says {w.get('stored_frames')} frames "
+                            f"stored, the shards hold {stored[vid]}")
     return problems
 
 
@@ -122,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in problems:
         print(line)
     info = json.loads((args.out / "_info.json").read_text()) if (args.out / "_info.json").is_file() else {}
+    warned = len(info.get("warnings", []))
     print(f"{'FAILED' if problems else 'OK'}: {len(problems)} problems in {len(info.get('shards', []))} shards, "
-          f"{info.get('num_samples', 0)} samples", file=sys.stderr)
+          f"{info.get('num_samples', 0)} samples" + (f", {warned} videos stored with warnings" if warned else ""),
+          file=sys.stderr)
     return 1 if problems else 0
 
 

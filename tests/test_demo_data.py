@@ -9,10 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from sharding import demo
-from sharding.make_demo_vectors import check_vocabulary, spacy_key
-
-VEC_FILE = Path(demo.__file__).resolve().parent / "data" / "demo_vectors.vec"
+from sharding.demo import world as demo
+from sharding.demo.vectors import DEFAULT_OUT as VEC_FILE, check_vocabulary, spacy_key
 
 # A small world (3 x 2 x 4 = 24 classes, one 9-frame video each) keeps the tests to a few seconds.
 SMALL = demo.WorldConfig(

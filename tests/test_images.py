@@ -16,7 +16,7 @@ from PIL import Image
 
 from sharding.build import main as build_main
 from sharding.class_names import class_text, embedding_words, load_class_list
-from sharding.demo_images import write_demo_images
+from sharding.demo.images import write_demo_images
 from sharding.images import image_size
 from videos import write_video
 

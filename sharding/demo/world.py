@@ -61,7 +61,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("rising", "falling", "growing", "shrinking", "blinking", "shaking")
 # Every word a default class name uses; sharding/data/demo_vectors.vec holds exactly these
-# (sharding.make_demo_vectors checks that each has its own row in the pruned spaCy table).
+# (sharding.demo.vectors checks that each has its own row in the pruned spaCy table).
 VOCABULARY = tuple(sorted(set(COLOURS) | set(SHAPES) | set(MOTIONS)))
 
 # Distractors also come in colours and shapes that are no class words.
@@ -528,7 +528,7 @@ def generate(out: Path, cfg: WorldConfig, workers: int = 1) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring and `--help`."""
     d = WorldConfig()
-    ap = argparse.ArgumentParser(description="Generate the demo's compositional action videos.")
+    ap = argparse.ArgumentParser(prog="python -m sharding.demo", description="Generate the demo's compositional action videos.")
     ap.add_argument("out", type=Path, help="output folder (videos/ and splits.json go here)")
     ap.add_argument("--seed", type=int, default=d.seed, help="seeds the videos")
     ap.add_argument("--split-seed", type=int, default=d.split_seed, help="seeds the choice of unseen classes")

@@ -1,6 +1,6 @@
 """Still images of coloured shapes: the demo's stand-in for SUN397 (stage 1 of the two-stage recipe).
 
-    python -m sharding.demo_images --out demo_images --per-class 20
+    python -m sharding.demo.images --out demo_images --per-class 20
     python -m sharding.build --input demo_images --layout images --split train --out shards/demo_images
 
 Classes are `<colour>_<shape>` (`red_circle`), words of sharding/data/demo_vectors.vec, written in
@@ -79,7 +79,7 @@ def write_demo_images(out: Path, per_class: int = 20, seed: int = 0, classes: li
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sharding.demo_images", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sharding.demo.images", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
