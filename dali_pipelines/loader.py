@@ -1,6 +1,6 @@
 """The one place the data loaders are built: config section + (rank, world_size, local_rank, device).
 
-Usage in the trainer (order matters with the forked source workers, see graphs.py):
+Usage in the trainer (order matters with the forked source workers, see sources.py):
 
     train_loader = make_train_loader(cfg.data.train, rank, world_size, local_rank, device)
     eval_loader = make_eval_loader(cfg.data.eval, rank, world_size, local_rank, device)
