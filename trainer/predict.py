@@ -1,0 +1,342 @@
+"""Zero-shot prediction on any video: the top-k of a label list, with cosine scores, without shards.
+
+    python -m trainer.predict --checkpoint runs/author/checkpoints/ckpt_0050000.pt \\
+        --labels "juggling balls, knitting, walking the dog" clip1.mp4 clip2.avi folder/
+    python -m trainer.predict --checkpoint model.pt --labels-file my_labels.txt --top-k 5 --json out.jsonl videos/
+
+`--checkpoint` takes one of our checkpoints, a run folder (its newest checkpoint) or a release file
+(`python -m trainer.export`). Folders are searched recursively for the builder's video extensions.
+
+Each video goes through the run's evaluation, step for step, without building shards:
+1. the builder's own decode and encode (`sharding.encode.decode` then `encode`) with the build
+   settings of the run's eval shards (short side, frame rate, codec, crf, speed, gop): the bytes
+   are those `sharding.build --split eval` stores for the same file;
+2. the run's evaluation graph (`dali_pipelines.graphs.eval_graph`, DALI CPU backend) with the
+   run's eval settings: `eval.clips` clips placed by `dali_pipelines.sampler.EvalSampler`, the
+   in-graph resize, centre crop and standardization; then `dali_pipelines.loader.standardize`;
+3. the model, mean over clips, cosine similarity with the label embeddings.
+
+Labels go through `sharding.class_names.class_text` (the generic rule; `--dataset` adds a dataset's
+renames) and the run's text encoder (`embeddings` of the run). A video that cannot be read gets one
+`error:` line and the others still run; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_pipelines.graphs import EVAL_INPUTS, EVAL_OUTPUTS, eval_graph, in_order
+from dali_pipelines.loader import standardize
+from dali_pipelines.sampler import EvalSampler
+from sharding.class_names import class_text, read_class_list
+from sharding.encode import VideoError, decode, encode
+from sharding.layouts import VIDEO_EXTENSIONS
+from sharding.reader import ShardTable
+from trainer.embeddings import MissingWordsError, StaleCacheError, vectors_fingerprint
+from trainer.export import ExportError, load_release
+from trainer.model import build_model
+
+
+class PredictError(ValueError):
+    """Bad input to predict (labels, paths, settings); the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- labels
+
+def parse_labels(labels: str | None, labels_file: str | None, dataset: str | None = None) -> tuple[list[str], list[str]]:
+    """The label names and their class texts, from `--labels "a, b"` or `--labels-file`.
+
+    Returns:
+        (names, texts), in the given order.
+
+    Raises:
+        PredictError: neither or both given, fewer than two labels, or two labels with the same
+            name or the same class text ("Walking dog" and "walking dog").
+    """
+    if (labels is None) == (labels_file is None):
+        raise PredictError("give the candidate labels with exactly one of --labels \"a, b, c\" or --labels-file FILE")
+    if labels is not None:
+        names = [n.strip() for n in labels.split(",")]
+        names = [n for n in names if n]
+        where = "--labels"
+    else:
+        try:
+            names = read_class_list(labels_file)  # one per line, '#' comments; duplicates are an error
+        except (OSError, ValueError) as e:
+            raise PredictError(f"--labels-file: {e}") from None
+        where = labels_file
+    if not names:
+        raise PredictError(f"{where}: the label list is empty; give at least two labels")
+    if len(names) < 2:
+        raise PredictError(f"{where}: only one label ({names[0]!r}): zero-shot prediction ranks labels "
+                           "against each other, give at least two")
+    texts = [class_text(n, dataset) for n in names]
+    for what, items in (("name", [n.lower() for n in names]), ("class text", texts)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item in seen:
+                raise PredictError(f"{where}: labels {names[seen[item]]!r} and {names[i]!r} have the same "
+                                   f"{what} ({item!r}): remove one of them")
+            seen[item] = i
+    return names, texts
+
+
+def embed_labels(embeddings: dict, texts: list[str], vectors: str | None = None) -> np.ndarray:
+    """Label embeddings with the run's text encoder: (L, D) float32 unit rows.
+
+    Args:
+        embeddings: the release's `embeddings` (the run's section plus the encoder's fingerprint).
+        texts: class texts.
+        vectors: another path of the same vectors file / model folder (when it moved).
+
+    Raises:
+        PredictError: the encoder is missing or is not the one the model was trained with.
+    """
+    from trainer.embeddings import class_embeddings  # the section may name a sentence encoder
+
+    path = vectors or embeddings.get("model") or embeddings.get("vectors")
+    if path is None or not Path(path).exists():
+        raise PredictError(f"the run's text encoder {path} is not here: pass --vectors PATH (the same "
+                           "vectors file or model folder the model was trained with)")
+    expected = embeddings.get("fingerprint")
+    if expected is not None:
+        got = vectors_fingerprint(path)
+        if (got["size"], got["sha256"]) != (expected["size"], expected["sha256"]):
+            raise PredictError(f"{path} is not the text encoder the model was trained with (that was "
+                               f"{expected['name']}: {expected['size']} bytes, sha256 {expected['sha256'][:12]}; "
+                               f"this is {got['size']} bytes, sha256 {got['sha256'][:12]})")
+    return class_embeddings(texts, path, None, normalize_words=embeddings.get("normalize_words", True))
+
+
+# ----------------------------------------------------------------------------- videos
+
+def find_videos(paths: list[str]) -> tuple[list[Path], bool]:
+    """Expand folders (recursively, by the builder's video extensions, sorted); files are kept as given.
+
+    Returns:
+        (videos, any folder given).
+
+    Raises:
+        PredictError: no paths, a path that does not exist, or folders without any video.
+    """
+    if not paths:
+        raise PredictError("give at least one video file or folder")
+    out: list[Path] = []
+    folder = False
+    for p in map(Path, paths):
+        if p.is_dir():
+            folder = True
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                raise PredictError(f"{p}: no video files in this folder (extensions: "
+                                   f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
+            out += found
+        elif p.exists():
+            out.append(p)  # any file: PyAV decides whether it is a video
+        else:
+            raise PredictError(f"{p} does not exist")
+    return out, folder
+
+
+class _PreparedVideo:
+    """One video after the builder's decode + encode: its bytes and the eval sampler's draw."""
+
+    def __init__(self, encoded: np.ndarray, draw):
+        self.encoded, self.draw = encoded, draw
+
+
+class PredictSource:
+    """Per-sample callback of `eval_graph`: video i of the list, decoded and encoded as the builder
+    does, with the frames / crop / size `EvalSampler` draws for it (the evaluation's own sampler,
+    on a one-row table). A video that fails is recorded in `errors` and a filler takes its place,
+    so the pipeline keeps running; iterations past the list's end get the filler too (DALI
+    prefetches ahead).
+
+    Args:
+        videos: the paths, in order.
+        build: the release's build settings.
+        eval_cfg: the release's eval settings.
+    """
+
+    def __init__(self, videos: list[Path], build: dict, eval_cfg: dict):
+        self.videos, self.build, self.eval_cfg = videos, build, eval_cfg
+        # the graph's inputs in its order; "size" only with an in-graph resize (as sources.EvalSource)
+        self.names = EVAL_INPUTS if eval_cfg["resize_short"] is not None else EVAL_INPUTS[:-1]
+        self.errors: dict[int, str] = {}
+        self.batch_size = 1
+        # A flat grey video of the short side: decodes everywhere, fits any crop the run allows.
+        side = int(build["short_side"])
+        grey = [np.full((side * 3 // 2, side), 128, np.uint8)]
+        self._filler = self._encoded(grey, side, side, 25)
+
+    def _encoded(self, frames, width, height, fps) -> _PreparedVideo:
+        b = self.build
+        # The eval builder's own encoder call: whole video, one stream (sharding.build, --split eval).
+        data = encode(frames, width, height, fps, b["codec"], b["crf"], b["speed"], b["gop"], b["container"])
+        e = self.eval_cfg
+        table = ShardTable.from_columns(
+            {"keys": np.array(["predict"]), "video_ids": np.array(["predict"]), "labels": np.zeros(1, np.int64),
+             "num_frames": np.array([len(frames)]), "video_num_frames": np.array([len(frames)]),
+             "first_frame": np.zeros(1, np.int64), "segment": np.zeros(1, np.int64),
+             "own_start": np.zeros(1, np.int64), "own_count": np.ones(1, np.int64),
+             "width": np.array([width]), "height": np.array([height]),
+             "offset": np.zeros(1, np.int64), "size": np.array([len(data)])},
+            info={"encoding": {"clip_span": 1}})
+        # NOTE: with clip_positions 'random' the clips are drawn for video index 0 of this one-row
+        # table, not the index the video had in an eval set (uniform, the default, has no index).
+        sampler = EvalSampler(table, batch_size=1, num_clips=e["num_clips"], clip_len=e["clip_len"],
+                              stride=e["stride"], clip_positions=e["clip_positions"], seed=e["seed"],
+                              crop=e["crop"], resize_short=e["resize_short"])
+        return _PreparedVideo(np.frombuffer(data, np.uint8), sampler.draw(0))
+
+    def prepare(self, i: int) -> _PreparedVideo:
+        """Video i as the graph gets it (or the filler, with the reason in `errors[i]`)."""
+        if i >= len(self.videos):
+            return self._filler
+        try:
+            v = decode(str(self.videos[i]), int(self.build["short_side"]), self.build["fps"])
+            return self._encoded(v.frames, v.width, v.height, v.fps)
+        except (VideoError, ValueError) as e:  # ValueError: smaller than the crop (EvalSampler)
+            self.errors[i] = str(e)
+        except Exception as e:  # an unexpected library failure on one file must not stop the others
+            self.errors[i] = f"unexpected {type(e).__name__}: {e}"
+        return self._filler
+
+    def __call__(self, sample_info):
+        p = self.prepare(sample_info.iteration)
+        d = p.draw
+        values = dict(encoded=p.encoded, label=np.array(0, np.int32), video=np.array(sample_info.iteration, np.int32),
+                      frame_idx=d.frame_idx, crop=np.array([d.crop_x, d.crop_y], np.int32),
+                      row=np.array(0, np.int64), size=np.array([d.width, d.height], np.float32))
+        return in_order(self.names, **values)
+
+
+def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.device):
+    """Yield (index, clips (1, N, C, T, H, W) float32 on `device` or None, error or None) per video."""
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    source = PredictSource(videos, build, eval_cfg)
+    pipe = eval_graph(source, device="cpu", num_clips=eval_cfg["num_clips"], clip_len=eval_cfg["clip_len"],
+                      crop=eval_cfg["crop"], standardization=eval_cfg["standardization"], py_workers=0,
+                      prefetch=1, batch_size=1, num_threads=max(1, int(eval_cfg.get("num_threads", 1))),
+                      device_id=None, prefetch_queue_depth=1)
+    it = DALIGenericIterator(pipe, list(EVAL_OUTPUTS), size=-1, auto_reset=False)
+    for i in range(len(videos)):
+        out = next(it)[0]
+        if int(out["video"][0]) != i:
+            raise RuntimeError(f"predict's pipeline returned video {int(out['video'][0])} for {i}")
+        if i in source.errors:
+            yield i, None, source.errors[i]
+            continue
+        clips = standardize(out["clips"].to(device), out["scale"].to(device), out["shift"].to(device))
+        yield i, clips, None
+
+
+# ----------------------------------------------------------------------------- the command
+
+def load_model(release: dict, device: torch.device):
+    m = release["model_config"]
+    model = build_model(m["backbone"], m["embed_dim"], m["dropout"], m["widths"], m["layers"])
+    model.load_state_dict(release["model"])
+    return model.to(device).eval()
+
+
+def topk(pred: np.ndarray, label_emb: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k labels of highest cosine similarity with one prediction: [(label index, cosine)].
+
+    Example: pred (1, 0), labels (0.6, 0.8), (1, 0), (0, 1) and k=2 -> [(1, 1.0), (0, 0.6)].
+    """
+    p = pred / np.linalg.norm(pred)
+    c = label_emb / np.linalg.norm(label_emb, axis=1, keepdims=True)
+    sim = c.astype(np.float64) @ p.astype(np.float64)  # (L,)
+    order = np.argsort(-sim, kind="stable")[:k]
+    return [(int(i), float(sim[i])) for i in order]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring. Exit code 0, 1 (some videos failed) or 2 (bad input)."""
+    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0])
+    p.add_argument("videos", nargs="*", help="video files and folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint, a run folder or a release file (trainer.export)")
+    p.add_argument("--labels", help='comma-separated candidate labels: "juggling balls, knitting"')
+    p.add_argument("--labels-file", help="candidate labels, one per line ('#' comments)")
+    p.add_argument("--dataset", help="apply this dataset's class-name renames to the labels (ucf101, hmdb51, kinetics700)")
+    p.add_argument("--top-k", type=int, default=3, help="labels shown per video (default 3)")
+    p.add_argument("--json", help="also write one JSON line per video to this file")
+    p.add_argument("--device", default="cpu", help="torch device of the model: cpu (default) or cuda[:N]")
+    p.add_argument("--vectors", help="the run's vectors file / model folder, if it moved since training")
+    p.add_argument("--shards", help="with a checkpoint: an eval shard set whose build settings to use "
+                                    "(default: the run's eval sets)")
+    args = p.parse_args(argv)
+    try:
+        if args.top_k < 1:
+            raise PredictError(f"--top-k must be at least 1, got {args.top_k}")
+        names, texts = parse_labels(args.labels, args.labels_file, args.dataset)
+        videos, any_folder = find_videos(args.videos)
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            raise PredictError(f"--device {args.device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PredictError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+        release = load_release(args.checkpoint, args.shards)
+        label_emb = embed_labels(release["embeddings"], texts, args.vectors)
+        if label_emb.shape[1] != release["model_config"]["embed_dim"]:
+            raise PredictError(f"the text encoder gives {label_emb.shape[1]}-d embeddings but the model's head "
+                               f"is {release['model_config']['embed_dim']}-d: not the run's encoder")
+        model = load_model(release, device)
+    except (PredictError, ExportError, MissingWordsError, StaleCacheError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    amp = torch.bfloat16 if release.get("amp") == "bf16" and device.type == "cuda" else None
+    k = min(args.top_k, len(names))
+    failed = 0
+    out = open(args.json, "w", encoding="utf-8") if args.json else None
+    bar = None
+    if any_folder:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(videos), unit="video", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            for i, clips, error in clip_batches(videos, release["build"], release["eval"], device):
+                path = str(videos[i])
+                if error is not None:
+                    failed += 1
+                    line = f"error: {path}: {error}"
+                    (bar.write(line, file=sys.stderr) if bar else print(line, file=sys.stderr))
+                    record = {"video": path, "error": error}
+                else:
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        pred = model(clips).float()[0].cpu().numpy()  # (1, N, C, T, H, W) -> (D,)
+                    top = topk(pred, label_emb, k)
+                    shown = "  ".join(f"{names[j]} {s:.3f}" for j, s in top)
+                    (bar.write(f"{path}  {shown}") if bar else print(f"{path}  {shown}"))
+                    record = {"video": path, "top": [{"label": names[j], "text": texts[j], "score": s}
+                                                     for j, s in top],
+                              "embedding": [float(x) for x in pred]}
+                if out:
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+                if bar:
+                    bar.update()
+    finally:
+        if bar:
+            bar.close()
+        if out:
+            out.close()
+    if failed:
+        print(f"{failed} of {len(videos)} videos could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
