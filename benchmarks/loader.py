@@ -11,15 +11,17 @@ decode the same windows of the same shards; only the machinery differs:
 
 - `dali`: our training graph (`dali_pipelines.loader.make_train_loader`), CPU backend here, GPU
   (mixed decoder) with `--device gpu`;
-- `dataloader_decord`: a torch DataLoader whose workers pread the sample's bytes from the tar
-  (the shard table's offset/size) and decode the window with decord from memory;
-- `dataloader_pyav`: the same DataLoader with PyAV: seek to the keyframe before the window, decode
-  forward, convert only the window's frames;
+- the peers (`benchmarks/baselines.py`): torch DataLoaders whose workers pread the sample's bytes
+  from the tar (the shard table's offset/size) and decode the window from memory with decord
+  (`dataloader_decord`), PyAV (`dataloader_pyav`: seek to the keyframe before the window, decode
+  forward, convert only the window's frames) or torchcodec (`dataloader_torchcodec`, `--torchcodec`
+  picks its seek mode and frame call), and SPDL's own thread-pool pipeline (`spdl`). A peer whose
+  library is missing is skipped with what to install;
 - `dali_whole_video`: our graph on a whole-video webm build of the same videos (no segments, no
   keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: docs/DESIGN.md).
 
-On the default (ivf, keyframe-indexed) shards, the DataLoaders read a webm build of the same videos
-with the same keyframes (decord cannot open IVF), where they seek to the keyframe before the window:
+On the default (ivf, keyframe-indexed) shards, the peers read a webm build of the same videos with
+the same keyframes (decord cannot open IVF), where they seek to the keyframe before the window:
 every loader then decodes the same frames per clip.
 
 Each loader runs in its own subprocess pinned to the same `--cores` CPUs (sched_setaffinity), so
@@ -29,13 +31,14 @@ part / wall time; peak RSS = the largest sum of RSS over the process and its des
 every 0.1 s; the sum counts pages shared between forked processes once per process);
 decoded/delivered = frames the decoder has to produce per delivered frame, modelled from the
 delivered windows and the samples' keyframes (DALI: from the cut's keyframe on ivf shards, else from
-frame 0 of the stored sample, to the window's end; decord and PyAV: from the keyframe at or before
-the window).
+frame 0 of the stored sample, to the window's end; the peers: from the keyframe at or before the
+window).
 
 The ceiling: DALI CPU full-decode frames/s of the same samples (all frames, RGB, `--threads`
 threads, bytes preloaded) and PyAV full-decode frames/s (`--cores` processes, rgb24), the larger
 one divided by the clip length: no loader decoding on these cores can beat it.
 """
+
 
 from __future__ import annotations
 
@@ -43,178 +46,24 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dali_whole_video")
-CLIP_LEN, CROP = 16, 112
+from benchmarks.baselines import (CLIP_LEN, CROP, PEERS, TORCHCODEC_DEFAULT, batches_peer, keep,
+                                  peer_unavailable)
+from benchmarks.measure import ResourceMonitor, exit_now, machine_info  # exit_now: benchmarks.train uses it
+
+LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video")
+SEEKING_PEERS = frozenset(PEERS)  # they seek to the keyframe at or before the window
 
 
 # ============================================================================ measurement (child side)
-
-class ResourceMonitor:
-    """Peak summed RSS of this process and its descendants (a 0.1 s sampling thread) and their CPU
-    time (user + system, live processes only: a descendant that exits takes its time with it)."""
-
-    def __init__(self, interval: float = 0.1):
-        import psutil
-
-        self.proc, self.interval = psutil.Process(), interval
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _tree(self):
-        try:
-            return [self.proc] + self.proc.children(recursive=True)
-        except Exception:
-            return [self.proc]
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def sample(self) -> None:
-        total = 0
-        for p in self._tree():
-            try:
-                total += p.memory_info().rss
-            except Exception:  # a worker that just exited
-                pass
-        self.peak_rss = max(self.peak_rss, total)
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self._tree():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except Exception:
-                pass
-        return total
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def standardize_clip(frames: np.ndarray, crop_x: int, crop_y: int, flip: bool, crop: int = CROP):
-    """The DataLoaders' augment, same as the DALI graph's: (T, H, W, C) uint8 -> (C, T, crop, crop)
-    float32 with per-frame standardization (tf.image.per_image_standardization)."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, crop_y: crop_y + crop, crop_x: crop_x + crop]))
-    if flip:
-        x = x.flip(2)  # (T, H, W, C): W is dim 2
-    x = x.float().mul_(1.0 / 255.0)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (T, 1, 1, 1)
-    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-    x = (x - mean) / std.clamp_min(float(1.0 / np.sqrt(crop * crop * 3)))
-    return x.permute(3, 0, 1, 2).contiguous()  # (T,H,W,C) -> (C,T,H,W)
-
-
-def _pad_edge(frames: list[np.ndarray], n: int) -> np.ndarray:
-    """Repeat the last frame up to n frames (DALI's pad_mode='edge' for short videos)."""
-    frames = frames + [frames[-1]] * (n - len(frames))
-    return np.stack(frames)  # (T, H, W, C)
-
-
-def decode_window_decord(data: bytes, start: int, n: int) -> np.ndarray:
-    import decord
-
-    vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
-    idx = [min(start + i, len(vr) - 1) for i in range(n)]
-    return vr.get_batch(idx).asnumpy()  # (T, H, W, C)
-
-
-def decode_window_pyav(data: bytes, start: int, n: int) -> np.ndarray:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        fps = float(stream.average_rate or stream.guessed_rate)
-        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        if start > 0:  # lands on the keyframe at or before the window
-            container.seek(int(round((t0 + start / fps) / stream.time_base)), stream=stream,
-                           backward=True, any_frame=False)
-        frames = []
-        for frame in container.decode(stream):
-            if int(round((frame.time - t0) * fps)) < start:
-                continue  # decoded but not converted
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == n:
-                break
-    return _pad_edge(frames, n)
-
-
-class ClipDataset:
-    """Map-style dataset: sample number n -> the clip `TrainSampler.draw(n)` describes.
-
-    Reads the encoded member with one pread at the shard table's offset (like the DALI source),
-    decodes the window with `decoder` ('decord' or 'pyav') and augments in torch.
-    """
-
-    def __init__(self, table, sampler, decoder: str):
-        from sharding.reader import SampleReader
-
-        self.reader = SampleReader(table)
-        self.sampler, self.decoder = sampler, decoder
-
-    def __len__(self) -> int:
-        return 10 ** 9  # an endless stream; the benchmark stops it
-
-    def __getitem__(self, n: int) -> dict:
-        import torch
-
-        d = self.sampler.draw(n)
-        data = self.reader.read(d.row)
-        decode = decode_window_decord if self.decoder == "decord" else decode_window_pyav
-        frames = decode(data, d.start, CLIP_LEN)
-        return {"clips": standardize_clip(frames, d.crop_x, d.crop_y, d.flip),
-                "labels": torch.tensor(d.label), "index": torch.tensor(d.row),
-                "start": torch.tensor(d.start)}
-
-
-def _train_sampler(table, batch_size: int, seed: int):
-    from dali_pipelines.sampler import TrainSampler
-
-    return TrainSampler(table, batch_size=batch_size, seed=seed, clip_len=CLIP_LEN, crop=CROP)
-
-
-def _keep(t) -> np.ndarray:
-    """A copy of a small batch tensor that the benchmark keeps for the whole run. Keeping the
-    loader's own tensors (numpy views) pins glibc heap pages between the per-batch clip buffers:
-    peak RSS then grows with the run (benchmarks/RESULTS.md), which is not the loader's memory."""
-    return np.array(t.cpu().numpy(), copy=True)
-
-
-def batches_dataloader(cfg: dict, decoder: str):
-    """Endless (clips, rows, starts) batches from a torch DataLoader with `cfg['workers']` workers."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from sharding.reader import load_shards
-
-    table = load_shards(cfg["shards"], split="train")
-    ds = ClipDataset(table, _train_sampler(table, cfg["batch_size"], cfg["seed"]), decoder)
-    dl = DataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["workers"],
-                    persistent_workers=cfg["workers"] > 0, prefetch_factor=2 if cfg["workers"] else None,
-                    pin_memory=cfg["device"] == "gpu")
-    device = torch.device("cuda" if cfg["device"] == "gpu" else "cpu")
-    for b in dl:
-        yield b["clips"].to(device, non_blocking=True), _keep(b["index"]), _keep(b["start"])
-
 
 def batches_dali(cfg: dict):
     """Endless (clips, rows, starts) batches from our training loader."""
@@ -229,7 +78,7 @@ def batches_dali(cfg: dict):
     loader = make_train_loader(dcfg, 0, 1, 0, "cuda:0" if cfg["device"] == "gpu" else "cpu")
     while True:
         for b in loader:
-            yield b["clips"], _keep(b["index"]), _keep(b["start"])
+            yield b["clips"], keep(b["index"]), keep(b["start"])
 
 
 def keyframes_of(data: bytes) -> np.ndarray:
@@ -274,7 +123,7 @@ def run_loader(cfg: dict) -> dict:
     if name in ("dali", "dali_whole_video"):
         it = batches_dali(cfg)
     else:
-        it = batches_dataloader(cfg, "decord" if name == "dataloader_decord" else "pyav")
+        it = batches_peer(cfg)
     clips, rows, starts = next(it)
     shape, dtype = list(clips.shape), str(clips.dtype).replace("torch.", "")
     t_first = time.perf_counter() - t_start
@@ -302,7 +151,7 @@ def run_loader(cfg: dict) -> dict:
     cpu = mon.cpu_seconds() - cpu0
     mon.sample()
     mon.stop()
-    seeks = name.startswith("dataloader")
+    seeks = name in SEEKING_PEERS
     rows, starts = np.concatenate(all_rows), np.concatenate(all_starts)
     return {"loader": name, "clips_per_s": statistics.median(rates),
             "decoded_per_delivered": decoded_per_delivered(cfg["shards"], rows, starts, seeks),
@@ -413,40 +262,7 @@ def child_main(cfg: dict, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result))
     exit_now(0)
 
-
 # ============================================================================ orchestration (parent side)
-
-def machine_info(core_ids: list[int]) -> dict:
-    import psutil
-
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": model, "logical_cpus": os.cpu_count(), "cores_used": len(core_ids),
-            "core_ids": core_ids, "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
-            "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "platform": platform.platform()}
-    versions = {}
-    for mod in ("torch", "nvidia.dali", "decord", "av", "numpy"):
-        try:
-            m = __import__(mod, fromlist=["__version__"])
-            versions[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            versions[mod] = None
-    info["versions"] = versions
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        info["gpu"] = out.stdout.strip() or None
-    except Exception:
-        info["gpu"] = None
-    return info
-
 
 def run_child(cfg: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -460,18 +276,6 @@ def run_child(cfg: dict, timeout: float) -> dict:
             tail = (proc.stderr or proc.stdout or "")[-2000:]
             return {"loader": cfg["loader"], "error": f"exit {proc.returncode}: {tail}"}
         return json.loads(out.read_text())
-
-
-def decord_reads(shards: str) -> str | None:
-    """None if decord decodes a sample of these shards from memory, else the reason."""
-    from sharding.reader import load_shards
-
-    try:
-        frames = decode_window_decord(load_shards(shards, split="train").read(0), 0, 2)
-        assert frames.shape[0] == 2
-        return None
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
 
 
 def plot(results: list[dict], ceiling: float | None, path: Path, title: str) -> None:
@@ -528,7 +332,7 @@ def parse_args(argv):
     p.add_argument("--whole-shards", help="whole-video build (--segment-frames 0) of the same videos for "
                    "dali_whole_video (synthetic: built automatically; with --shards: skipped unless given)")
     p.add_argument("--dataloader-shards", "--decord-shards", dest="dataloader_shards",
-                   help="shards for the two DataLoaders when --shards is keyframe-indexed ivf (decord "
+                   help="shards for the peers when --shards is keyframe-indexed ivf (decord "
                         "cannot open IVF): a --container webm --segment-frames 0 build of the same "
                         "videos with the same --gop, where they seek to the same keyframes")
     p.add_argument("--loaders", default=",".join(LOADERS), help="comma list of " + ", ".join(LOADERS))
@@ -538,7 +342,11 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="DALI num_threads (default: --cores)")
     p.add_argument("--py-workers", type=int, help="DALI source worker processes (default: TrainDataConfig's)")
     p.add_argument("--prefetch", type=int, help="DALI prefetch depth (default: TrainDataConfig's)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: --cores)")
+    p.add_argument("--workers", type=int, help="DataLoader workers / SPDL threads (default: --cores)")
+    p.add_argument("--torchcodec", default=TORCHCODEC_DEFAULT,
+                   choices=[f"{m},{c}" for m in ("approximate", "exact") for c in ("at", "range")],
+                   help="dataloader_torchcodec's seek_mode and frame call (at: get_frames_at(indices), "
+                        "range: get_frames_in_range(start, stop))")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loader")
     p.add_argument("--windows", type=int, default=5, help="timed windows per loader (clips/s = their median)")
@@ -561,46 +369,18 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def exit_now(code: int) -> None:
-    """Exit without DALI's / the DataLoader's slow teardown, ending our own worker processes first
-    (left alone, forked DALI source workers outlive the parent and keep its stdout open)."""
-    import os
-
-    import psutil
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    children = psutil.Process().children(recursive=True)
-    for c in children:
-        try:
-            c.terminate()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(children, timeout=5)
-    os._exit(code)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--_child"]:
-        child_main(json.loads(argv[1]), argv[2])
-        return 0
-    args = parse_args(argv)
-    loaders = [s.strip() for s in args.loaders.split(",") if s.strip()]
+def select_loaders(spec: str) -> list[str]:
+    """The --loaders list, in the order given; unknown names stop the run."""
+    loaders = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = sorted(set(loaders) - set(LOADERS))
     if unknown:
-        print(f"error: unknown loaders {unknown}; choose from {', '.join(LOADERS)}", file=sys.stderr)
-        return 2
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
-    cores = args.cores or len(available)
-    core_ids = available[:cores]
-    device = args.device
-    if device == "auto":
-        import torch  # is_available() without initialising CUDA in this parent
+        raise SystemExit(f"error: unknown loaders {unknown}; choose from {', '.join(LOADERS)}")
+    return loaders
 
-        device = "gpu" if torch.cuda.is_available() else "cpu"
 
-    notes = []
+def prepare_shards(args, loaders: list[str], cores: int, notes: list[str]) -> dict[str, str]:
+    """The shard folder of each loader (building synthetic shards when --shards is not given).
+    Removes the loaders that cannot run here from `loaders`, saying why in `notes`."""
     synth = dict(cache=args.cache_dir, num_videos=args.videos, num_frames=args.frames,
                  short_side=args.short_side, workers=cores)
     synth = {k: v for k, v in synth.items() if v is not None}
@@ -617,46 +397,43 @@ def main(argv: list[str] | None = None) -> int:
         if "dali_whole_video" in loaders:  # no segments, no cutting: DALI decodes from frame 0
             whole = str(synthetic_shards(segment_frames=0, codec=args.codec,
                                          container="webm" if args.codec == "vp9" else "mp4", **synth))
-    dl_shards = args.dataloader_shards or shards
+    peer_shards = args.dataloader_shards or shards
     enc = json.loads((Path(shards) / "_info.json").read_text())["encoding"]
-    dataloaders = [n for n in loaders if n.startswith("dataloader")]
-    if dataloaders and not args.dataloader_shards and enc.get("container") == "ivf":
+    peers = [n for n in loaders if n in PEERS]
+    if peers and not args.dataloader_shards and enc.get("container") == "ivf":
         if args.shards:
             notes.append(f"{shards} is an ivf build, which decord cannot open: pass --dataloader-shards "
                          f"(a --container webm --segment-frames 0 --gop {enc['gop']} build of the same "
-                         "videos); DataLoaders skipped")
-            for n in dataloaders:
+                         "videos); peers skipped")
+            for n in peers:
                 loaders.remove(n)
         else:
             from benchmarks.synthetic import synthetic_shards
 
-            # The same videos, whole, in webm with the same keyframes: decord and PyAV seek to the
+            # The same videos, whole, in webm with the same keyframes: the peers seek to the
             # keyframe before each window, so every loader decodes the same frames per clip.
-            dl_shards = str(synthetic_shards(segment_frames=0, codec=args.codec, container="webm",
-                                             gop=enc["gop"], **synth))
-            notes.append(f"DataLoaders read {Path(dl_shards).name} (decord cannot open IVF): the same "
+            peer_shards = str(synthetic_shards(segment_frames=0, codec=args.codec, container="webm",
+                                               gop=enc["gop"], **synth))
+            notes.append(f"peers read {Path(peer_shards).name} (decord cannot open IVF): the same "
                          f"videos in webm with the same keyframes (every {enc['gop']} frames)")
-    if "dataloader_decord" in loaders:
-        why = decord_reads(dl_shards)
+    for n in [n for n in loaders if n in PEERS]:
+        why = peer_unavailable(n, peer_shards, args.torchcodec)
         if why is not None:
-            notes.append(f"decord cannot read {dl_shards} ({why}); dataloader_decord skipped")
-            loaders.remove("dataloader_decord")
+            notes.append(f"{n} skipped: {why}")
+            print(f"skipping {n}: {why}", flush=True)
+            loaders.remove(n)
     if "dali_whole_video" in loaders and not whole:
         notes.append("dali_whole_video skipped: pass --whole-shards (a --segment-frames 0 build)")
         loaders.remove("dali_whole_video")
+    return {"dali": shards, "dali_whole_video": whole, **{n: peer_shards for n in PEERS}}
 
-    threads = args.threads or cores
-    workers = args.workers if args.workers is not None else cores
-    base = dict(batch_size=args.batch_size, seconds=args.seconds, windows=args.windows, warmup=args.warmup,
-                seed=args.seed, device=device, threads=threads, workers=workers, cores=cores,
-                core_ids=core_ids, py_workers=args.py_workers, prefetch=args.prefetch)
-    shards_of = {"dali": shards, "dataloader_decord": dl_shards, "dataloader_pyav": dl_shards,
-                 "dali_whole_video": whole}
-    machine = machine_info(core_ids)
-    timeout = args.warmup + args.seconds * 3 + 240
+
+def measure_all(loaders: list[str], shards_of: dict, base: dict, with_ceiling: bool, notes: list[str]):
+    """Each loader, then the ceiling, in its own pinned subprocess: (results, ceiling child's result)."""
+    timeout = base["warmup"] + base["seconds"] * 3 + 240
     results = []
     for name in loaders:
-        print(f"running {name} ({args.seconds:g} s) ...", flush=True)
+        print(f"running {name} ({base['seconds']:g} s) ...", flush=True)
         r = run_child({**base, "loader": name, "shards": shards_of[name]}, timeout)
         results.append(r)
         if "error" in r:
@@ -664,42 +441,103 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"  {r['clips_per_s']:.1f} clips/s, {r['cpu_cores']:.2f} cores, "
                   f"{r['peak_rss_mb']:.0f} MB", flush=True)
-    ceiling, ceiling_info = None, None
-    if not args.no_ceiling:
+    ceiling_info = None
+    if with_ceiling:
         print("running the full-decode ceiling ...", flush=True)
-        ceiling_info = run_child({**base, "loader": "ceiling", "shards": shards}, timeout)
-        if "fps" in ceiling_info:
-            ceiling = ceiling_info["fps"] / CLIP_LEN
-        else:
+        ceiling_info = run_child({**base, "loader": "ceiling", "shards": shards_of["dali"]}, timeout)
+        if "fps" not in ceiling_info:
             notes.append(f"ceiling failed: {ceiling_info.get('error')}")
-    machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+            ceiling_info = None
+    return results, ceiling_info
 
+
+def ratios(results: list[dict], ceiling_info: dict | None) -> dict:
+    """Same-run ratios: DALI over the best peer (clips/s and per CPU-s) and DALI's share of the
+    ceiling; None where a term is missing."""
+    by = {r["loader"]: r for r in results if "clips_per_s" in r}
+    peers = [r for n, r in by.items() if n in PEERS]
+    best = max(peers, key=lambda r: r["clips_per_s"], default=None)
+    dali = by.get("dali")
+    out = {"best_peer": best["loader"] if best else None, "dali_over_best_peer": None,
+           "dali_over_best_peer_per_cpu_s": None, "dali_of_ceiling": None, "dali_of_ceiling_per_cpu_s": None}
+    if dali and best:
+        out["dali_over_best_peer"] = dali["clips_per_s"] / best["clips_per_s"]
+        out["dali_over_best_peer_per_cpu_s"] = dali["clips_per_cpu_s"] / max(
+            (r["clips_per_cpu_s"] for r in peers), default=float("nan"))
+    if dali and ceiling_info:
+        out["dali_of_ceiling"] = dali["clips_per_s"] / (ceiling_info["fps"] / CLIP_LEN)
+        out["dali_of_ceiling_per_cpu_s"] = dali["clips_per_cpu_s"] / (ceiling_info["fps_per_cpu_s"] / CLIP_LEN)
+    return out
+
+
+def report(args, results, ceiling_info, machine, base, shards_of, loaders, notes, device) -> None:
+    """Print the table, the same-run ratios and the notes; write the plot and the JSON."""
+    shards = shards_of["dali"]
+    ceiling = ceiling_info["fps"] / CLIP_LEN if ceiling_info else None
     print()
-    print(format_table(results, ceiling_info if ceiling else None))
-    if ceiling_info and "fps" in ceiling_info:
+    print(format_table(results, ceiling_info))
+    if ceiling_info:
         print("full decode (all frames to RGB) frames/s: " + ", ".join(
             f"{k[:-4]} {ceiling_info[k]:.0f} on {ceiling_info[k[:-4] + '_cpu_cores']:.2f} cores"
             for k in ceiling_info if k.endswith("_fps")))
-    print(f"machine: {machine['cpu']}, {cores} of {machine['logical_cpus']} CPUs, load "
+    rat = ratios(results, ceiling_info)
+    if rat["dali_over_best_peer"] is not None:
+        print(f"dali / best peer ({rat['best_peer']}): {rat['dali_over_best_peer']:.2f}x clips/s, "
+              f"{rat['dali_over_best_peer_per_cpu_s']:.2f}x clips per CPU-s")
+    if rat["dali_of_ceiling"] is not None:
+        print(f"dali / ceiling: {100 * rat['dali_of_ceiling']:.0f}% clips/s, "
+              f"{100 * rat['dali_of_ceiling_per_cpu_s']:.0f}% clips per CPU-s")
+    print(f"machine: {machine['cpu']}, {base['cores']} of {machine['logical_cpus']} CPUs, load "
           f"{machine['load_avg_start']} -> {machine['load_avg_end']}; batch {args.batch_size}, "
-          f"DALI threads {threads}, DataLoader workers {workers}, device {device}")
+          f"DALI threads {base['threads']}, peer workers {base['workers']}, device {device}")
     for n in notes:
         print("note: " + n)
     if not args.no_plot:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         png = args.out_dir / f"loader_{device}.png"
-        plot(results, ceiling, png, f"{Path(shards).name}: {cores} CPU cores, batch {args.batch_size}, "
-             f"{device}")
+        plot(results, ceiling, png, f"{Path(shards).name}: {base['cores']} CPU cores, batch "
+             f"{args.batch_size}, {device}")
         print(f"plot: {png}")
     if args.json:
         out = {"machine": machine, "shards": shards, "ceiling_clips_per_s": ceiling,
                "ceiling_clips_per_cpu_s": ceiling_info["fps_per_cpu_s"] / CLIP_LEN if ceiling else None,
                "ceiling": ceiling_info, "settings": {k: v for k, v in base.items() if k != "core_ids"},
-               "notes": notes, "results": results,
+               "ratios": rat, "notes": notes, "results": results,
                "shards_by_loader": {n: shards_of[n] for n in loaders}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
         print(f"json: {args.json}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_child"]:
+        child_main(json.loads(argv[1]), argv[2])
+        return 0
+    args = parse_args(argv)
+    try:
+        loaders = select_loaders(args.loaders)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    cores = args.cores or len(available)
+    device = args.device
+    if device == "auto":
+        import torch  # is_available() without initialising CUDA in this parent
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    notes: list[str] = []
+    shards_of = prepare_shards(args, loaders, cores, notes)
+    base = dict(batch_size=args.batch_size, seconds=args.seconds, windows=args.windows, warmup=args.warmup,
+                seed=args.seed, device=device, threads=args.threads or cores,
+                workers=args.workers if args.workers is not None else cores, cores=cores,
+                core_ids=available[:cores], py_workers=args.py_workers, prefetch=args.prefetch,
+                torchcodec=args.torchcodec)
+    machine = machine_info(base["core_ids"])
+    results, ceiling_info = measure_all(loaders, shards_of, base, not args.no_ceiling, notes)
+    machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report(args, results, ceiling_info, machine, base, shards_of, loaders, notes, device)
     return 1 if any("error" in r for r in results) else 0
 
 

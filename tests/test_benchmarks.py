@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LOADERS = ["dali", "dataloader_decord", "dataloader_pyav", "dali_whole_video"]
+LOADERS = ["dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video"]
+# Peers whose library may be missing on a machine: the benchmark skips them with a note saying why.
+OPTIONAL = {"dataloader_torchcodec": "torchcodec", "spdl": "spdl"}
 BATCH = 2
 
 
@@ -37,7 +39,10 @@ def test_loader_json_structure(loader_run):
     assert isinstance(res["machine"], dict) and res["machine"]["cores_used"] >= 1
     assert Path(res["shards"], "_info.json").is_file()
     assert res["ceiling_clips_per_s"] > 0
-    assert [r["loader"] for r in res["results"]] == LOADERS
+    skipped = {n for n in OPTIONAL if any(note.startswith(f"{n} skipped: ") for note in res["notes"])}
+    assert [r["loader"] for r in res["results"]] == [n for n in LOADERS if n not in skipped], res["notes"]
+    for n in skipped:  # a skip names what to install
+        assert any(note.startswith(f"{n} skipped: ") and "pip install" in note for note in res["notes"])
     for r in res["results"]:
         assert "error" not in r, r
         for key in ("clips_per_s", "decoded_per_delivered", "cpu_cores", "peak_rss_mb"):
@@ -72,7 +77,7 @@ def test_ivf_cut_decodes_less_than_whole_webm(loader_run):
 
 def test_dataloader_decoders_agree(loader_run):
     """decord and the PyAV keyframe-seek path return the same window of a sample."""
-    from benchmarks.loader import decode_window_decord, decode_window_pyav
+    from benchmarks.baselines import decode_window_decord, decode_window_pyav
     from sharding.reader import load_shards
 
     res, _, _ = loader_run
@@ -89,7 +94,7 @@ def test_dataloader_decoders_agree(loader_run):
 
 
 def test_standardize_clip_matches_graph_formula():
-    from benchmarks.loader import standardize_clip
+    from benchmarks.baselines import standardize_clip
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(16, 128, 172, 3), dtype=np.uint8)
@@ -114,3 +119,42 @@ def test_train_benchmark_runs(loader_run, tmp_path):
     r = json.loads(out.read_text())
     assert r["loop_clips_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1
     assert r["compute_clips_per_s"] > 0 and r["loader_clips_per_s"] > 0
+
+
+@pytest.mark.parametrize("decoder,options", [("torchcodec", "approximate,at"), ("torchcodec", "exact,range"),
+                                             ("spdl", None)])
+def test_peer_decoders_match_pyav(loader_run, decoder, options):
+    """torchcodec (both seek modes, both frame calls) and SPDL return PyAV's window of a sample,
+    also where the window runs past the video's end (edge padding, like DALI's)."""
+    from benchmarks.baselines import decode_window, decode_window_pyav, peer_unavailable
+    from sharding.reader import load_shards
+
+    res, _, _ = loader_run
+    shards = {r["loader"]: r for r in res["results"]}["dataloader_pyav"]["shards"]
+    why = peer_unavailable("dataloader_torchcodec" if decoder == "torchcodec" else decoder, shards)
+    if why is not None:
+        pytest.skip(why)
+    table = load_shards(shards, split="train")
+    data, nf = table.read(1), int(table.columns["num_frames"][1])
+    for start in (0, 10, nf - 8):
+        kw = {"torchcodec": options} if options else {}
+        a = decode_window(decoder, data, start, 16, nf, **kw)
+        b = decode_window_pyav(data, start, 16)
+        assert a.shape == b.shape == (16, 128, 172, 3) and a.dtype == np.uint8
+        assert np.array_equal(a, b), (decoder, options, start)
+
+
+def test_missing_peer_is_skipped_with_install_hint(loader_run, monkeypatch):
+    """A peer whose library does not import is reported with what to install (the fault injected:
+    its module name points nowhere), and a bad sample is reported with the shard folder."""
+    from benchmarks import baselines
+
+    res, tmp, _ = loader_run
+    shards = {r["loader"]: r for r in res["results"]}["dataloader_pyav"]["shards"]
+    monkeypatch.setitem(baselines.DECODER_MODULES, "torchcodec", "torchcodec_not_installed_here")
+    why = baselines.peer_unavailable("dataloader_torchcodec", shards)
+    assert why and "torchcodec is not installed" in why and "pip install torchcodec" in why
+    # An ivf build: decord cannot open it, and the reason names the folder.
+    ivf = {r["loader"]: r for r in res["results"]}["dali"]["shards"]
+    why = baselines.peer_unavailable("dataloader_decord", ivf)
+    assert why and "cannot decode a sample of" in why and ivf in why
