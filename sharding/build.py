@@ -4,10 +4,15 @@
     python -m sharding.build --input videos/ --annotations train.csv --layout kinetics \
         --split train --out shards/k700 --exclude-classes sharding/data/excluded_kinetics700_paper.txt
 
-What it guarantees (FORMAT.md has the files):
-- every input is either stored or listed in the manifest's `errors` with a reason;
+What it guarantees (FORMAT.md has the files, RELIABILITY.md the faults and their tests):
+- every input is either stored (listed in `warnings` when it holds fewer frames than it declares)
+  or listed in the manifest's `errors` with a reason;
+- one input cannot stop the build: a worker that crashes, is killed or exceeds --video-timeout
+  costs that input (an error), and the pool goes on with a fresh worker;
 - killing it at any moment and re-running the same command finishes the build without redoing
   finished shards (a shard is written to a temp name and renamed, then its state file is written);
+  on resume, a finished shard whose files are missing or of another size is rebuilt;
+- one builder per --out (a lock naming the holder's PID and host);
 - the output does not depend on `--workers`: videos are encoded in parallel but written in a fixed,
   seeded order by this process.
 """
@@ -15,16 +20,13 @@ What it guarantees (FORMAT.md has the files):
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
-import multiprocessing
 import os
 import random
-import shutil
 import sys
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +35,12 @@ from sharding.class_names import class_text, read_class_list
 from sharding.encode import CODECS, CONTAINERS, default_container
 from sharding.layouts import LayoutError, Listing, VideoItem, list_inputs
 from sharding.media import Media, media_for, process_item
+from sharding.outdir import BuildError, check_finished, lock_out, prepare_out, remove_temp_files
+from sharding.reader import SampleReader, ShardError, ShardTable, read_shard_table
 from sharding.shardio import FORMAT_VERSION, atomic_write_json, write_shard
+from sharding.workers import WorkerPool
 
-
-class BuildError(Exception):
-    """A problem with the command line or the output folder, reported before any work starts."""
+__all__ = ["BuildError", "build", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +87,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="exit non-zero (after writing everything) when more inputs than this fraction fail")
     p.add_argument("--part", type=int, default=0, help="build only shards with index %% num-parts == part")
     p.add_argument("--num-parts", type=int, default=1, help="number of parts (python -m sharding.merge joins them)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different build already in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different build already in --out (deletes only the files its state lists)")
+    p.add_argument("--strict-frame-count", action="store_true",
+                   help="reject an input that decodes fewer frames than its container declares, or stops "
+                        "at a decode error (default: store the frames that decode, listed in `warnings`)")
+    p.add_argument("--video-timeout", type=float, default=600.0,
+                   help="seconds one input may take in a worker before it is killed and listed in `errors`")
+    p.add_argument("--worker-max-videos", type=int, default=200,
+                   help="replace each worker process after this many inputs (bounds decoder memory creep)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="re-try the inputs a finished or resumed build lists in `errors` (e.g. after fixing "
+                        "them), re-using every stored sample")
+    p.add_argument("--verify-existing", action="store_true",
+                   help="on resume, also check each finished shard's sha256 (default: existence and size)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     args = p.parse_args(argv)
     if args.container == "auto":
@@ -107,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"need 1 <= --image-min-side <= --image-max-side, got {args.image_min_side}, {args.image_max_side}")
     if args.videos_per_shard < 1:
         p.error("--videos-per-shard must be >= 1")
+    if args.video_timeout <= 0 or args.worker_max_videos < 1:
+        p.error("--video-timeout must be > 0 and --worker-max-videos >= 1")
     return args
 
 
@@ -135,43 +153,8 @@ def _identity(args, listing_digest: str, classes: list[str]) -> dict:
         "short_side": args.short_side, "fps": args.fps, "crf": args.crf, "speed": args.speed, "gop": args.gop,
         "segment_frames": args.segment_frames if args.split == "train" else None,
         "clip_span": args.clip_span, "videos_per_shard": args.videos_per_shard, "seed": args.seed,
-        "part": args.part, "num_parts": args.num_parts,
+        "part": args.part, "num_parts": args.num_parts, "strict_frame_count": args.strict_frame_count,
     }
-
-
-_OUR_FILES = ("_info.json", "_build.json")
-
-
-def _prepare_out(out: Path, identity: dict, overwrite: bool) -> None:
-    """Create `out`, or check that it holds this same build (resume), or clear it (--overwrite)."""
-    build_file = out / "_build.json"
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"--out {out} is a file")
-    if out.is_dir() and any(out.iterdir()):
-        old = json.loads(build_file.read_text()) if build_file.is_file() else None
-        if old is not None and "container" not in old and old.get("codec") in CODECS:
-            old = {**old, "container": CODECS[old["codec"]][1]}  # written before --container existed
-        if old == identity:
-            return  # same build: resume
-        if not overwrite:
-            if old is None:
-                what = "files that are not a shard build"
-            else:  # say what differs: e.g. a run of an older version's command with today's defaults
-                diff = [f"{k} {old.get(k)!r} there vs {identity.get(k)!r} now"
-                        for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
-                what = f"a different build ({'; '.join(diff)})"
-            raise BuildError(f"--out {out} holds {what}; use another --out, the options of that build to "
-                             "resume it, or --overwrite to replace it")
-        if old is None:
-            raise BuildError(f"--out {out} holds files that are not a shard build; refusing to delete them "
-                             "even with --overwrite: choose an empty or new folder")
-        for p in out.iterdir():  # only what a build writes
-            if p.name in _OUR_FILES or p.name == "_parts" or p.suffix in (".tar", ".idx", ".tmp") \
-                    or p.name.endswith(".samples.json"):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_parts").mkdir(exist_ok=True)
-    atomic_write_json(build_file, identity)
 
 
 class Progress:
@@ -200,26 +183,21 @@ class Progress:
             print(file=sys.stderr)
 
 
-def _ordered_results(items_with_labels, opts, workers):
+def _failed(job: tuple, reason: str) -> dict:
+    item = job[0]
+    return {"video_id": item.video_id, "path": item.path, "error": reason}
+
+
+def _ordered_results(items_with_labels, opts, args):
     """Yield process_item results in input order, keeping at most 4*workers videos in flight so
-    memory stays bounded whatever the dataset size."""
-    if workers == 0:
+    memory stays bounded whatever the dataset size. --workers 0: in this process, no isolation."""
+    if args.workers == 0:
         for item, label in items_with_labels:
             yield process_item(item, label, opts)
         return
-    ctx = multiprocessing.get_context("spawn")  # no inherited FFmpeg state from this process
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: deque = deque()
-        it = iter(items_with_labels)
-        for item, label in it:
-            pending.append(pool.submit(process_item, item, label, opts))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            yield pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(process_item, nxt[0], nxt[1], opts))
+    with WorkerPool(process_item, args.workers, _failed, timeout=args.video_timeout,
+                    recycle_every=args.worker_max_videos) as pool:
+        yield from pool.imap((item, label, opts) for item, label in items_with_labels)
 
 
 @dataclass
@@ -295,19 +273,80 @@ def plan_shards(args: argparse.Namespace, num_items: int) -> ShardPlan:
     return ShardPlan(order, S, shard_ids, args.split)
 
 
+def _state_path(out: Path, plan: ShardPlan, j: int) -> Path:
+    return out / "_parts" / f"{plan.name(j)}.json"
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: redo the shard
+
+
+def _stored_samples(out: Path, state: dict, container: str) -> dict[str, list]:
+    """The samples a finished shard holds, by video id: (key, ext, bytes, meta) as written."""
+    tar, columns = read_shard_table(out, state["shard"], container == "ivf")
+    columns = {k: v for k, v in columns.items() if not k.startswith("kf_")}
+    table = ShardTable.from_columns(columns, {}, out, [tar])
+    lines = (out / state["shard"]["index"]).read_text().splitlines()[1:]
+    stored: dict[str, list] = {}
+    with SampleReader(table, max_open=1) as reader:
+        for i, key in enumerate(columns["keys"].tolist()):
+            fields = lines[i].split()
+            where = {fields[k]: (int(fields[k + 1]), int(fields[k + 2])) for k in range(0, len(fields), 4)}
+            ext = fields[0]
+            meta = json.loads(reader.read_range(0, *where["json"]))
+            stored.setdefault(meta["video_id"], []).append((key, ext, reader.read(i), meta))
+    return stored
+
+
+def _shards_to_do(args: argparse.Namespace, sel: Selection, plan: ShardPlan) -> tuple[list, dict]:
+    """Which shards to (re)build: those without a state file, those whose files fail
+    `check_finished` (they are rebuilt), and with --retry-errors those that list errors.
+
+    Returns:
+        (todo, retry): shard ids to build from scratch, and {shard id: state} to retry in place.
+    """
+    out, todo, retry, bad = args.out, [], {}, 0
+    for j in plan.shard_ids:
+        state = _read_state(_state_path(out, plan, j)) if _state_path(out, plan, j).is_file() else None
+        problem = None if state is None else check_finished(out, state, args.verify_existing)
+        if problem:
+            print(f"[build] {plan.name(j)}: {problem}; rebuilding it", file=sys.stderr)
+            bad += 1
+        if state is None or problem:
+            todo.append(j)
+        elif args.retry_errors and state["errors"]:
+            retry[j] = state
+    done = len(plan.shard_ids) - len(todo)
+    if done:
+        print(f"[build] resuming: {done} of {len(plan.shard_ids)} shards already done"
+              + (f", {bad} rebuilt after failing the check" if bad else "")
+              + (f"; retrying the errors of {len(retry)}" if retry else ""), file=sys.stderr)
+    return todo, retry
+
+
 def run_shards(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media: Media) -> int:
-    """Encode and write every shard of `plan` that has no state file yet; returns the inputs processed."""
+    """Encode and write every shard `_shards_to_do` names; returns the inputs processed."""
     out = args.out
-    todo = [j for j in plan.shard_ids if not (out / "_parts" / f"{plan.name(j)}.json").is_file()]
-    if len(todo) < len(plan.shard_ids):
-        print(f"[build] resuming: {len(plan.shard_ids) - len(todo)} of {len(plan.shard_ids)} shards already done",
-              file=sys.stderr)
-    jobs = [(sel.items[i], sel.label(sel.items[i])) for j in todo for i in plan.members(j)]
+    todo, retry = _shards_to_do(args, sel, plan)
+    failed = {j: {e["path"] for e in state["errors"]} for j, state in retry.items()}
+    work = sorted(todo + list(retry))
+    jobs = [(sel.items[i], sel.label(sel.items[i])) for j in work for i in plan.members(j)
+            if j not in retry or sel.items[i].path in failed[j]]
     progress = Progress(len(jobs), args.quiet)
-    results = _ordered_results(jobs, media.worker_options(args), args.workers)
-    for j in todo:
-        samples, errors, n_short, bytes_in = [], [], 0, 0
-        for _ in plan.members(j):
+    results = _ordered_results(jobs, media.worker_options(args), args)
+    for j in work:
+        old = retry.get(j)
+        stored = _stored_samples(out, old, args.container) if old and old["shard"] else {}
+        samples, errors, warnings = [], [], list(old.get("warnings", [])) if old else []
+        n_short, bytes_in = (old["num_short"], old["bytes_in"]) if old else (0, 0)
+        for i in plan.members(j):
+            item = sel.items[i]
+            if old and item.path not in failed[j]:
+                samples.extend(stored.get(item.video_id, []))  # kept as written, in its place
+                continue
             r = next(results)
             if "error" in r:
                 errors.append({"path": r["path"], "reason": r["error"]})
@@ -315,10 +354,12 @@ def run_shards(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media:
                 samples.extend(r["samples"])
                 n_short += int(r["short"])
                 bytes_in += r["bytes_in"]
+                if "warning" in r:
+                    warnings.append(r["warning"])
             progress.update(error="error" in r)
         entry = write_shard(out / f"{plan.name(j)}.tar", samples) if samples else None
-        atomic_write_json(out / "_parts" / f"{plan.name(j)}.json",
-                          {"shard": entry, "errors": errors, "num_short": n_short, "bytes_in": bytes_in})
+        atomic_write_json(_state_path(out, plan, j), {"shard": entry, "errors": errors, "warnings": warnings,
+                                                     "num_short": n_short, "bytes_in": bytes_in})
     progress.close()
     return len(jobs)
 
@@ -347,6 +388,7 @@ def write_manifest(args: argparse.Namespace, sel: Selection, plan: ShardPlan, me
                   "version": __version__, "seed": args.seed, "videos_per_shard": plan.per_shard,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "errors": [e for s in states for e in s["errors"]],
+        "warnings": [w for s in states for w in s.get("warnings", [])],
         "ignored": sel.listing.ignored,
     }
     atomic_write_json(args.out / "_info.json", info)
@@ -358,13 +400,20 @@ def summarize(args: argparse.Namespace, info: dict, states: list, num_jobs: int,
     out, errors, num_inputs = args.out, info["errors"], info["num_inputs"]
     bytes_out = sum(s["bytes"] for s in info["shards"])
     bytes_in = sum(s["bytes_in"] for s in states)
+    warnings = info["warnings"]
     print(f"[build] done: {info['num_videos']} videos, {info['num_samples']} samples in {len(info['shards'])} shards, "
-          f"{len(errors)} errors, {num_jobs / max(seconds, 1e-9):.1f} videos/s this run ({seconds:.1f}s), "
+          f"{len(errors)} errors, {len(warnings)} stored with warnings, "
+          f"{num_jobs / max(seconds, 1e-9):.1f} videos/s this run ({seconds:.1f}s), "
           f"in {bytes_in / 1e6:.1f} MB -> out {bytes_out / 1e6:.1f} MB  ({out / '_info.json'})", file=sys.stderr)
     if info["ignored"]:
         print(f"[build] note: {len(info['ignored'])} non-video files ignored (listed in _info.json 'ignored')",
               file=sys.stderr)
-    rate = len(errors) / max(num_inputs, 1)
+    for w in warnings[:10]:
+        print(f"[build] warning: {w['path']}: {w['reason']} (declared {w['declared_frames']}, "
+              f"stored {w['stored_frames']} frames)", file=sys.stderr)
+    if len(warnings) > 10:
+        print(f"[build] ... {len(warnings) - 10} more in {out / '_info.json'} 'warnings'", file=sys.stderr)
+    rate = len(errors) / max(num_inputs, 1)  # warnings are stored videos: not counted here
     for e in errors[:10]:
         print(f"[build] error: {e['path']}: {e['reason']}", file=sys.stderr)
     if len(errors) > 10:
@@ -372,7 +421,7 @@ def summarize(args: argparse.Namespace, info: dict, states: list, num_jobs: int,
     if rate > args.max_error_rate:
         print(f"[build] FAILED: {len(errors)} of {num_inputs} inputs ({rate:.1%}) could not be stored, over "
               f"--max-error-rate {args.max_error_rate:.1%}. Everything else is written; fix or remove the "
-              "inputs listed above (or raise --max-error-rate) and re-run.", file=sys.stderr)
+              "inputs listed above (or raise --max-error-rate) and re-run with --retry-errors.", file=sys.stderr)
         return 1
     return 0
 
@@ -384,21 +433,35 @@ def build(args: argparse.Namespace) -> int:
     media = media_for(args.layout)
     sel = select_inputs(args)
     identity = {**_identity(args, sel.digest, sel.classes), **media.identity(args)}
-    _prepare_out(args.out, identity, args.overwrite)
-    for tmp in args.out.glob("*.tmp"):  # leftovers of a killed run; the shard they belonged to is redone
-        tmp.unlink()
-    plan = plan_shards(args, len(sel.items))
-    num_jobs = run_shards(args, sel, plan, media)
-    info, states = write_manifest(args, sel, plan, media)
+    lock_fd, new_lock = lock_out(args.out)
+    try:
+        try:
+            prepare_out(args.out, identity, args.overwrite)
+        except BuildError:
+            if new_lock:  # leave a refused folder as we found it
+                (args.out / "_lock").unlink(missing_ok=True)
+            raise
+        remove_temp_files(args.out)  # leftovers of killed runs; their shards are redone
+        plan = plan_shards(args, len(sel.items))
+        num_jobs = run_shards(args, sel, plan, media)
+        info, states = write_manifest(args, sel, plan, media)
+    finally:
+        os.close(lock_fd)
     return summarize(args, info, states, num_jobs, time.time() - t0)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return build(args)
-    except BuildError as e:
+    except (BuildError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {e.strerror} writing {e.filename or args.out}: free space (or quota) and re-run the "
+              "same command; it resumes with the shards already written", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

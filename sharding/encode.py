@@ -2,15 +2,22 @@
 yuv420p, VP9 (decodable by DALI's CPU and GPU backends) or H.264 (GPU only).
 
 Every failure raises `VideoError` with a reason a person can act on; the builder records it in the
-manifest's `errors` and goes on with the next video.
+manifest's `errors` and goes on with the next video. An input that plays but holds fewer frames than
+it declares keeps what decodes (`plan_frames`; the manifest's `warnings`).
+
+Memory does not grow with a video's length: the builder decodes an input twice, once for the
+timestamps only (`probe`), then streams decode -> resize -> encode (`resized_frames`, `StreamEncoder`),
+holding one frame at a time plus the compressed output.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -101,19 +108,49 @@ def cfr_indices(times: np.ndarray, fps: Fraction) -> np.ndarray:
     return np.where(pick_right, right, left)
 
 
-def decode(path: str, short_side: int = 128, fps: float | None = None) -> DecodedVideo:
-    """Decode all frames of `path`, resize them and convert to a constant frame rate.
+class Probe(NamedTuple):
+    """Pass 1 over an input: what decodes and when, before anything is resized or encoded.
 
-    Args:
-        path: the input video file.
-        short_side: the output's shorter side in pixels (even; 128 is the GPU VP9 decoder's minimum).
-        fps: output frame rate; None keeps the input's average rate.
-
-    Raises:
-        VideoError: missing/empty/unreadable file, no video stream, a decode error part-way (a
-            truncated file: its frames are not stored, since a silently shortened video is a lie),
-            or no frames at all.
+    Attributes:
+        num_decoded: frames that decoded (before `decode_error`, if any).
+        times: each decoded frame's presentation time (s), or None when a frame had none.
+        declared: the frame count the container declares (0: it does not say).
+        src_width, src_height: the first decoded frame's size.
+        src_rate: the stream's frame rate, if it states a plausible one.
+        decode_error: what stopped decoding part-way (a truncated or corrupt stream), or None.
     """
+
+    num_decoded: int
+    times: np.ndarray | None
+    declared: int
+    src_width: int
+    src_height: int
+    src_rate: Fraction | None
+    decode_error: str | None
+
+
+class FramePlan(NamedTuple):
+    """What to store: output frame j is decoded frame `indices[j]` (a constant-rate grid).
+
+    Attributes:
+        indices: decoded-frame index of every output frame.
+        fps: the constant output frame rate.
+        vfr: the grid repeats or drops frames (the input was not on a constant grid at `fps`).
+        warning: why fewer frames than the container declares are stored (None: all of them).
+    """
+
+    indices: np.ndarray
+    fps: Fraction
+    vfr: bool
+    warning: str | None
+
+
+# A constant-rate grid this many times longer than the frames that exist (scaled by the rate
+# change) comes from a bogus timestamp, not a real gap: e.g. last - first = 1e6 s.
+MAX_GRID_RATIO = 10
+
+
+def _open(path: str):
     if not os.path.exists(path):
         raise VideoError("file not found")
     if os.path.getsize(path) == 0:
@@ -121,88 +158,216 @@ def decode(path: str, short_side: int = 128, fps: float | None = None) -> Decode
     try:
         container = av.open(path)
     except Exception as e:  # PyAV raises several FFmpeg error classes
-        raise VideoError(f"cannot open as a video container: {e}") from None
+        raise VideoError(f"cannot open as a video container (truncated, or not a video): {e}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError("no video stream in the file")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def probe(path: str) -> Probe:
+    """Decode every frame of `path` once, keeping only its timestamp (memory: 8 bytes a frame).
+
+    Raises:
+        VideoError: missing/empty file, not a container, no video stream.
+    """
+    container, stream = _open(path)
     with container:
-        if not container.streams.video:
-            raise VideoError("no video stream in the file")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        src_rate = _rate(stream)
-        declared = stream.frames  # 0 when the container does not say (webm, some AVIs)
-        src_w, src_h = stream.codec_context.width, stream.codec_context.height
-        out_w = out_h = None
-        frames: list[np.ndarray] = []
+        rate, declared = _rate(stream), stream.frames  # 0 when the container does not say (webm, some AVIs)
+        w, h = stream.codec_context.width, stream.codec_context.height
         times: list[float | None] = []
+        error = None
         try:
             for frame in container.decode(stream):
-                if out_w is None:
-                    src_w, src_h = frame.width, frame.height
-                    out_w, out_h = output_size(src_w, src_h, short_side)
-                small = frame.reformat(width=out_w, height=out_h, format="yuv420p", interpolation="AREA")
-                frames.append(small.to_ndarray())
+                if not times:
+                    w, h = frame.width, frame.height
                 times.append(frame.time)
         except Exception as e:
-            raise VideoError(f"decode error after {len(frames)} frames (truncated or corrupt): {e}") from None
-    if not frames:
-        raise VideoError("no frames could be decoded (zero-frame or undecodable video)")
-    if declared and len(frames) + max(2, declared // 50) < declared:
+            error = str(e) or type(e).__name__
+    stamped = bool(times) and all(t is not None for t in times)
+    return Probe(len(times), np.asarray(times, np.float64) if stamped else None, int(declared or 0), w, h,
+                 rate, error)
+
+
+def plan_frames(pr: Probe, fps: float | None = None, min_frames: int = 1, strict: bool = False) -> FramePlan:
+    """Decide what of a probed input is stored: the policy for short, cut-off and broken inputs.
+
+    A video keeps what decodes. When fewer frames decode than the container declares (a header
+    written before the recording or the download stopped), or a decode error stops the stream after
+    at least `min_frames` frames (one clip's worth), the frames before it are stored with a warning.
+    Only inputs with nothing usable are errors.
+
+    Args:
+        pr: the input's `probe`.
+        fps: output frame rate; None keeps the input's rate (25 if it states none).
+        min_frames: frames a decode error must come after for the frames before it to be kept.
+        strict: `--strict-frame-count`: every shortfall above is an error instead.
+
+    Raises:
+        VideoError: no frame decodes; a decode error before `min_frames` frames (or any, with
+            `strict`); a declared-count shortfall with `strict`; a constant-rate grid over
+            `MAX_GRID_RATIO` times the frames that exist (a bogus timestamp).
+    """
+    n, declared = pr.num_decoded, pr.declared
+    warning = None
+    if n == 0:
+        raise VideoError("no frames could be decoded (zero-frame or undecodable video)"
+                         + (f": {pr.decode_error}" if pr.decode_error else ""))
+    if pr.decode_error is not None:
+        if strict or n < min_frames:
+            raise VideoError(f"decode error after {n} frames (truncated or corrupt): {pr.decode_error}")
+        warning = f"decode error after {n} frames (truncated or corrupt); the {n} frames before it are stored"
+    if declared and n + max(2, declared // 50) < declared:
         # a cut-off AVI/MP4 often decodes "cleanly" up to where it ends; its header still knows better
-        raise VideoError(f"only {len(frames)} of the {declared} frames the container declares could be "
-                         "decoded (truncated file?)")
-    out_fps = Fraction(fps).limit_denominator(1001) if fps else (src_rate or Fraction(25))
-    vfr = False
-    if all(t is not None for t in times) and len(frames) > 1:
-        t = np.asarray(times, dtype=np.float64)
-        order = np.argsort(t, kind="stable")
-        idx = order[cfr_indices(t[order], out_fps)]
-        vfr = not (len(idx) == len(frames) and np.array_equal(idx, np.arange(len(frames))))
-        if vfr:
-            frames = [frames[i] for i in idx]
-    return DecodedVideo(frames, out_w, out_h, out_fps, src_w, src_h,
-                        float(src_rate) if src_rate else float("nan"), vfr)
+        if strict:
+            raise VideoError(f"only {n} of the {declared} frames the container declares could be "
+                             "decoded (truncated file?)")
+        warning = warning or (f"only {n} of the {declared} frames the container declares decode (a header "
+                              "written before the recording or download stopped); those are stored")
+    out_fps = Fraction(fps).limit_denominator(1001) if fps else (pr.src_rate or Fraction(25))
+    if pr.times is None or n == 1:
+        return FramePlan(np.arange(n), out_fps, False, warning)
+    t = pr.times
+    order = np.argsort(t, kind="stable")
+    span = float(t[order[-1]] - t[order[0]])
+    grid = int(round(span * float(out_fps))) + 1
+    rate_change = float(out_fps) / float(pr.src_rate) if pr.src_rate else 1.0
+    limit = MAX_GRID_RATIO * max(n, declared) * max(1.0, rate_change) + 100
+    if grid > limit:
+        raise VideoError(f"timestamps span {span:.6g} s over {n} decoded frames: a constant {float(out_fps):g} "
+                         f"fps grid would be {grid} frames (over {int(limit)}); a bogus timestamp?")
+    idx = order[cfr_indices(t[order], out_fps)]
+    vfr = not (len(idx) == n and np.array_equal(idx, np.arange(n)))
+    return FramePlan(idx if vfr else np.arange(n), out_fps, vfr, warning)
 
 
-def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, codec: str = "vp9",
-           crf: int = 32, speed: int = 5, gop: int = 64, container: str | None = None) -> bytes:
-    """Encode yuv420p frames into one in-memory container (webm or ivf for VP9, mp4 for H.264).
+def resized_frames(path: str, pr: Probe, plan: FramePlan, short_side: int) -> Iterator[np.ndarray]:
+    """Pass 2: yield the planned output frames in order, as (H*3/2, W) yuv420p arrays at
+    `output_size(pr.src_width, pr.src_height, short_side)`, decoding the input once more.
+
+    A decoded frame is held only while a later output frame still needs it: one frame for any input
+    whose timestamps increase, so memory does not grow with the video's length.
+
+    Raises:
+        VideoError: the input decodes to fewer frames than in `probe` (it changed in between).
+    """
+    out_w, out_h = output_size(pr.src_width, pr.src_height, short_side)
+    idx = plan.indices
+    last_use = np.full(pr.num_decoded, -1, np.int64)
+    np.maximum.at(last_use, idx, np.arange(len(idx)))
+    held: dict[int, np.ndarray] = {}
+    j = 0
+    container, stream = _open(path)
+    with container:
+        frames = container.decode(stream)
+        for i in range(int(idx.max()) + 1):
+            try:
+                frame = next(frames)
+            except (StopIteration, Exception) as e:
+                raise VideoError(f"decoded {i} frames on the second pass, {pr.num_decoded} on the first "
+                                 f"({e or 'end of stream'}); did the file change?") from None
+            if last_use[i] < j:
+                continue  # dropped by the constant-rate grid
+            held[i] = frame.reformat(width=out_w, height=out_h, format="yuv420p",
+                                     interpolation="AREA").to_ndarray()
+            while j < len(idx) and int(idx[j]) in held:
+                k = int(idx[j])
+                yield held[k]
+                j += 1
+                if last_use[k] < j:
+                    del held[k]
+    if j != len(idx):
+        raise VideoError(f"only {j} of {len(idx)} planned frames were produced")
+
+
+def decode(path: str, short_side: int = 128, fps: float | None = None,
+           strict_frame_count: bool = True) -> DecodedVideo:
+    """Decode all frames of `path` into memory, resized, at a constant frame rate (short inputs
+    and one-off uses; the builder streams: `probe` -> `plan_frames` -> `resized_frames`).
+
+    Args:
+        path: the input video file.
+        short_side: the output's shorter side in pixels (even; 128 is the GPU VP9 decoder's minimum).
+        fps: output frame rate; None keeps the input's average rate.
+        strict_frame_count: reject an input that decodes fewer frames than it declares or stops at
+            a decode error (False: keep what decodes, `plan_frames`).
+
+    Raises:
+        VideoError: as `probe` and `plan_frames`.
+    """
+    pr = probe(path)
+    plan = plan_frames(pr, fps, 1, strict_frame_count)
+    frames = list(resized_frames(path, pr, plan, short_side))
+    w, h = output_size(pr.src_width, pr.src_height, short_side)
+    return DecodedVideo(frames, w, h, plan.fps, pr.src_width, pr.src_height,
+                        float(pr.src_rate) if pr.src_rate else float("nan"), plan.vfr)
+
+
+class StreamEncoder:
+    """Encode yuv420p frames one at a time into one in-memory container (webm or ivf for VP9, mp4
+    for H.264); `finish()` returns the bytes. Only the compressed output is kept.
 
     The stream starts with a keyframe, so every stored sample decodes on its own. One encoder thread:
     the builder runs one process per core, and a single thread keeps the bytes reproducible. In an
     ivf container the keyframes are forced to every `gop`-th frame exactly (minimum = maximum
     keyframe distance), so a window's decode never starts more than gop - 1 frames early.
+    """
+
+    def __init__(self, width: int, height: int, fps: Fraction, codec: str = "vp9", crf: int = 32,
+                 speed: int = 5, gop: int = 64, container: str | None = None):
+        enc_name, container_fmt, _ = CODECS[codec]
+        container_fmt = container or container_fmt
+        if container_fmt not in CONTAINERS[codec]:
+            raise ValueError(f"{codec} cannot be stored in {container_fmt} (choose from {CONTAINERS[codec]})")
+        self.buf = io.BytesIO()
+        # bitexact: no random segment UID or muxer version string, so the same frames give the same bytes
+        self.out = av.open(self.buf, "w", format=container_fmt, options={"fflags": "+bitexact"})
+        stream = self.out.add_stream(enc_name, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.codec_context.gop_size = gop
+        if codec == "vp9":
+            stream.options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": str(speed),
+                              "lag-in-frames": "0", "auto-alt-ref": "0"}
+            if container_fmt == "ivf":
+                stream.options = {**stream.options, "keyint_min": str(gop)}
+        else:
+            stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+        self.stream, self.frames, self.packets = stream, 0, 0
+
+    def add(self, planes: np.ndarray) -> None:
+        vf = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        vf.pts = self.frames
+        self.frames += 1
+        for p in self.stream.encode(vf):
+            self.out.mux(p)
+            self.packets += 1
+
+    def finish(self) -> bytes:
+        """Flush and close; the container's bytes.
+
+        Raises:
+            VideoError: if the muxed packet count differs from the frame count (a frame was lost).
+        """
+        for p in self.stream.encode():
+            self.out.mux(p)
+            self.packets += 1
+        self.out.close()
+        if self.packets != self.frames:
+            raise VideoError(f"encoder produced {self.packets} packets for {self.frames} frames")
+        return self.buf.getvalue()
+
+
+def encode(frames: list[np.ndarray], width: int, height: int, fps: Fraction, codec: str = "vp9",
+           crf: int = 32, speed: int = 5, gop: int = 64, container: str | None = None) -> bytes:
+    """Encode a list of yuv420p frames (`StreamEncoder` in one call; same bytes).
 
     Raises:
         VideoError: if the muxed packet count differs from the frame count (a frame was lost).
     """
-    enc_name, container_fmt, _ = CODECS[codec]
-    container_fmt = container or container_fmt
-    if container_fmt not in CONTAINERS[codec]:
-        raise ValueError(f"{codec} cannot be stored in {container_fmt} (choose from {CONTAINERS[codec]})")
-    buf = io.BytesIO()
-    # bitexact: no random segment UID or muxer version string, so the same frames give the same bytes
-    out = av.open(buf, "w", format=container_fmt, options={"fflags": "+bitexact"})
-    stream = out.add_stream(enc_name, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    stream.codec_context.thread_count = 1
-    stream.codec_context.gop_size = gop
-    if codec == "vp9":
-        stream.options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": str(speed),
-                          "lag-in-frames": "0", "auto-alt-ref": "0"}
-        if container_fmt == "ivf":
-            stream.options = {**stream.options, "keyint_min": str(gop)}
-    else:
-        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
-    packets = 0
-    for i, planes in enumerate(frames):
-        vf = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-        vf.pts = i
-        for p in stream.encode(vf):
-            out.mux(p)
-            packets += 1
-    for p in stream.encode():
-        out.mux(p)
-        packets += 1
-    out.close()
-    if packets != len(frames):
-        raise VideoError(f"encoder produced {packets} packets for {len(frames)} frames")
-    return buf.getvalue()
+    enc = StreamEncoder(width, height, fps, codec, crf, speed, gop, container)
+    for planes in frames:
+        enc.add(planes)
+    return enc.finish()

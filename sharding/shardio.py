@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from pathlib import Path
 
@@ -50,14 +51,24 @@ def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[s
     return [(f"{key}.{ext}", video)] + [(f"{key}.{m}", payload[m]) for m in MEMBER_ORDER]
 
 
+def temp_path(path: Path) -> Path:
+    """A temp name beside `path`, unique to this process and call (`NAME.PID-RANDOM.tmp`), so two
+    writers never share (or delete) one another's temp file."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to `path.tmp`, fsync, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to a unique temp name, fsync, then rename: a reader never sees half a file."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: leave no half file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -75,26 +86,50 @@ def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> 
         The shard's manifest entry: path, index, table, num_samples, num_videos, bytes, sha256
         (paths relative to the shard's folder).
     """
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
+    tmp = temp_path(tar_path)
     index_lines, table = [], {c: [] for c in TABLE_COLUMNS}
     sha = hashlib.sha256()
+    try:
+        _write_tar(tmp, samples, sha, index_lines, table)
+        size = tmp.stat().st_size
+        os.replace(tmp, tar_path)
+    except BaseException:  # a full disk, a kill: leave no half file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    stem = tar_path.name[: -len(".tar")]
+    index_path = tar_path.with_name(stem + ".idx")
+    table_path = tar_path.with_name(stem + ".samples.json")
+    # the DALI webdataset index, v1.2: "<ext> <data offset> <size> <member name>" per component
+    atomic_write_bytes(index_path, (f"v1.2 {len(samples)}\n" + "\n".join(index_lines) + "\n").encode())
+    atomic_write_bytes(table_path, json.dumps(table, separators=(",", ":")).encode())
+    return {
+        "path": tar_path.name, "index": index_path.name, "table": table_path.name,
+        "num_samples": len(samples), "num_videos": len({m["video_id"] for _, _, _, m in samples}),
+        "bytes": size, "sha256": sha.hexdigest(),
+    }
 
-    class _Hashing(io.RawIOBase):  # hash while writing: no second pass over a large tar
-        def __init__(self, f):
-            self.f = f
 
-        def writable(self):
-            return True
+class _Hashing(io.RawIOBase):
+    """A write-only file that hashes what passes through: no second pass over a large tar."""
 
-        def tell(self):
-            return self.f.tell()
+    def __init__(self, f, sha):
+        self.f, self.sha = f, sha
 
-        def write(self, b):
-            sha.update(b)
-            return self.f.write(b)
+    def writable(self):
+        return True
 
+    def tell(self):
+        return self.f.tell()
+
+    def write(self, b):
+        self.sha.update(b)
+        return self.f.write(b)
+
+
+def _write_tar(tmp: Path, samples, sha, index_lines: list, table: dict) -> None:
+    """The tar itself (write_shard), hashing as it writes; fills `index_lines` and `table`."""
     with open(tmp, "wb") as raw:
-        sink = _Hashing(raw)
+        sink = _Hashing(raw, sha)
         with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, ext, video, meta in samples:
                 parts = []
@@ -121,19 +156,6 @@ def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> 
                         table.setdefault(col, []).append(meta[col])
         raw.flush()
         os.fsync(raw.fileno())
-    size = tmp.stat().st_size
-    os.replace(tmp, tar_path)
-    stem = tar_path.name[: -len(".tar")]
-    index_path = tar_path.with_name(stem + ".idx")
-    table_path = tar_path.with_name(stem + ".samples.json")
-    # the DALI webdataset index, v1.2: "<ext> <data offset> <size> <member name>" per component
-    atomic_write_bytes(index_path, (f"v1.2 {len(samples)}\n" + "\n".join(index_lines) + "\n").encode())
-    atomic_write_bytes(table_path, json.dumps(table, separators=(",", ":")).encode())
-    return {
-        "path": tar_path.name, "index": index_path.name, "table": table_path.name,
-        "num_samples": len(samples), "num_videos": len({m["video_id"] for _, _, _, m in samples}),
-        "bytes": size, "sha256": sha.hexdigest(),
-    }
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
