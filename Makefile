@@ -11,7 +11,14 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip takes these two from the local disk on the project's machines
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	# torchcodec (a benchmark peer) loads the system FFmpeg libraries: apt's ffmpeg when root; elsewhere
+	# the benchmark skips that peer and says what to install
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q 'libavcodec\.so\.'; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+	  || echo "warning: apt-get install ffmpeg failed; the torchcodec benchmark peer will be skipped"; fi
 	$(VPY) -m pip install -q -e '.[dev]'
+	# the dev extras (torchcodec, spdl, decord) must not have replaced the pinned torch
+	$(VPY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.14.1' else 'torch changed to ' + torch.__version__)"
 	touch $(STAMP)
 
 venv: $(STAMP)
