@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q 'libavcodec\.so\.'; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
 	  || echo "warning: apt-get install ffmpeg failed; the torchcodec benchmark peer will be skipped"; fi
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev,text]'
 	# the dev extras (torchcodec, spdl, decord) must not have replaced the pinned torch
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.14.1' else 'torch changed to ' + torch.__version__)"
 	touch $(STAMP)

@@ -2,6 +2,7 @@
 
     python -m trainer.class_overlap --train kinetics700 --test ucf101 hmdb51 \\
         --vectors GoogleNews-vectors-negative300.bin --tau 0.05 --out excluded.txt
+    python -m trainer.class_overlap --train kinetics700 --test ucf101 hmdb51 --sentence-model MODEL_DIR
 
 A train class is excluded when the cosine distance (1 - cosine similarity) between its embedding and
 the nearest test class's embedding is below tau. The output file is the exclude list that
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sharding.class_names import load_class_list
-from trainer.embed_classes import add_vectors_args, load_classes, show_progress
-from trainer.embeddings import embed_texts, load_vectors, vectors_fingerprint
+from trainer.embed_classes import add_vectors_args, encoder_args, load_classes, show_progress
+from trainer.embeddings import class_embeddings, load_class_texts, vectors_fingerprint
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the test classes: manifests, class-list files or ucf101 / hmdb51")
     parser.add_argument("--tau", type=float, default=0.05, help="cosine-distance threshold (paper: 0.05)")
     parser.add_argument("--out", help="write the exclude list here (for sharding.build --exclude-classes)")
+    parser.add_argument("--class-texts", help="a YAML/JSON map class -> text(s) to embed instead of the names "
+                                              "(embeddings.class_texts)")
     args = parser.parse_args(argv)
     show_progress()
     try:
@@ -119,10 +122,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     test_sources = [t.source for t in tests for _ in t.names]
     test_texts = [x for t in tests for x in t.texts]
 
-    vectors = load_vectors(args.vectors, args.format)
-    options = dict(normalize_words=not args.raw_word_vectors, drop_stop_words=not args.keep_stop_words)
+    path, kind, options = encoder_args(args)
+    mapping = load_class_texts(args.class_texts) if args.class_texts else None
     # One call for both sides: a word2vec vocabulary gap is reported once, with every missing word.
-    emb = embed_texts(vectors, train.texts + test_texts, **options)
+    emb = class_embeddings(train.texts + test_texts, path, None, fmt=args.format, kind=kind,
+                           class_texts=mapping, **options)
     train_emb, test_emb = emb[:len(train.texts)], emb[len(train.texts):]
 
     overlaps = find_overlaps(train.names, train_emb, test_names, test_sources, test_emb, args.tau)
@@ -142,15 +146,15 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
               f"kept here but excluded by the paper: {sorted(paper - ours) or 'none'}")
 
     if args.out:
-        fp = vectors_fingerprint(args.vectors)
+        fp = vectors_fingerprint(path)
         excluded = {o.train for o in overlaps}
         write_exclude_list(args.out, [n for n in train.names if n in excluded], [
             f"Train classes within cosine distance {args.tau} of a test class ({len(excluded)} of "
             f"{len(train.names)}; {kept} remain).",
             f"Written by: python -m trainer.class_overlap {shlex.join(sys.argv[1:] if argv is None else argv)}",
             f"Train: {train.source}; test: {', '.join(t.source for t in tests)}",
-            f"Vectors: {fp['name']} ({fp['size']} bytes, sha256 of ends {fp['sha256'][:16]}); "
-            f"options: {options}",
+            f"Encoder: {kind} {fp['name']} ({fp['size']} bytes, sha256 of ends {fp['sha256'][:16]}); "
+            f"options: {options}" + (f"; class texts: {args.class_texts}" if args.class_texts else ""),
             "Format: one raw class name per line; '#' lines and blank lines are ignored.",
         ])
         print(f"wrote {args.out}")

@@ -3,6 +3,7 @@
     python -m trainer.embed_classes --vectors cc.en.300.bin \\
         --manifest shards/kinetics/_info.json --manifest shards/ucf101/_info.json --out classes.npz
     python -m trainer.embed_classes --vectors GoogleNews-vectors-negative300.bin --dataset ucf101 --out ucf.npz
+    python -m trainer.embed_classes --sentence-model MODEL_DIR --lemmatize-verbs --dataset ucf101 --out ucf.npz
 
 The output holds `classes` (raw names), `texts` (what was embedded), `embeddings` (float32, unit rows),
 `sources` (the manifest or list each class came from) and the vectors' identity, in the format of
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sharding.class_names import DATASETS, class_text, dataset_key, load_class_list, read_class_list
-from trainer.embeddings import embed_texts, load_vectors, vectors_fingerprint, write_embeddings_file
+from trainer.embeddings import encode_texts, load_encoder, vectors_fingerprint, write_embeddings_file
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,15 @@ def load_classes(spec: str) -> ClassSource:
 
 
 def add_vectors_args(parser: argparse.ArgumentParser) -> None:
-    """Add the vectors options shared by the class-embedding CLIs."""
-    parser.add_argument("--vectors", required=True,
-                        help="fastText .bin, word2vec .bin/.bin.gz or .vec/.txt, or gensim KeyedVectors")
+    """Add the text-encoder options shared by the class-embedding CLIs (`encoder_args` reads them)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vectors",
+                       help="fastText .bin, word2vec .bin/.bin.gz or .vec/.txt, or gensim KeyedVectors")
+    which.add_argument("--sentence-model",
+                       help="a local sentence-transformers model folder instead of word vectors "
+                            "(embeddings.kind sentence_transformer; pip install -e '.[text]')")
+    parser.add_argument("--lemmatize-verbs", action="store_true",
+                        help="verbs in their base form before embedding ('playing' -> 'play'), as the paper's code")
     parser.add_argument("--format", default="auto",
                         choices=["auto", "fasttext", "word2vec-bin", "word2vec-text", "gensim"],
                         help="the vectors file's format (auto: sniffed from its first bytes)")
@@ -95,6 +102,14 @@ def add_vectors_args(parser: argparse.ArgumentParser) -> None:
                         help="average the raw word vectors instead of unit ones (the paper uses unit ones)")
     parser.add_argument("--keep-stop-words", action="store_true",
                         help="keep 'a', 'the', 'of', ... (the paper drops them)")
+
+
+def encoder_args(args: argparse.Namespace) -> tuple[str, str, dict]:
+    """(encoder path, kind, `encode_texts` options) of the options `add_vectors_args` added."""
+    kind = "sentence_transformer" if args.sentence_model else "word_vectors"
+    options = dict(normalize_words=not args.raw_word_vectors, drop_stop_words=not args.keep_stop_words,
+                   lemmatize_verbs=args.lemmatize_verbs)
+    return args.sentence_model or args.vectors, kind, options
 
 
 def show_progress() -> None:
@@ -140,13 +155,12 @@ def run(args: argparse.Namespace, specs: list[str]) -> None:
                 sources.append(classes.source)
         print(f"{classes.source}: {len(classes.names)} classes")
 
-    vectors = load_vectors(args.vectors, args.format)
-    embeddings = embed_texts(vectors, texts, normalize_words=not args.raw_word_vectors,
-                             drop_stop_words=not args.keep_stop_words)
-    write_embeddings_file(args.out, texts, embeddings, vectors_fingerprint(args.vectors),
-                          normalize_words=not args.raw_word_vectors, drop_stop_words=not args.keep_stop_words,
+    path, kind, options = encoder_args(args)
+    encoder = load_encoder(path, kind, args.format)
+    embeddings = encode_texts(encoder, texts, **options)
+    write_embeddings_file(args.out, texts, embeddings, vectors_fingerprint(path), kind=kind, **options,
                           classes=np.array(names, dtype=str), sources=np.array(sources, dtype=str))
-    print(f"wrote {len(names)} class embeddings of dimension {vectors.dim} to {args.out}")
+    print(f"wrote {len(names)} class embeddings of dimension {encoder.dim} to {args.out}")
 
 
 if __name__ == "__main__":

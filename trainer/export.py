@@ -14,11 +14,13 @@ states, no pickled objects), so it loads with `torch.load(path, weights_only=Tru
   `shards` (num_clips = the run's eval.clips, clip_len, stride, crop, resize_short,
   clip_positions, standardization, seed, batch_size, num_threads, prefetch, py_workers, device);
 - `build`: the builder settings of the run's eval shards (short_side, fps, codec, container, crf,
-  speed, gop) and `source`, the manifest they were read from: predict decodes and re-encodes each
-  video with them, as `sharding.build` did;
-- `embeddings`: the run's `embeddings` section plus `fingerprint` (name, size, sha256 of the
-  vectors file or model folder: `trainer.embeddings.vectors_fingerprint`), so predict can tell
-  when the text encoder at that path is not the one the model was trained against;
+  speed, gop, clip_span, strict_frame_count) and `source`, the manifest they were read from:
+  predict decodes and re-encodes each video with them, as `sharding.build` did;
+- `embeddings`: the run's `embeddings` section (kind, vectors or model, normalize_words,
+  lemmatize_verbs, class_texts, cache) plus `fingerprint` (name, size, sha256 of the vectors file
+  or model folder: `trainer.embeddings.vectors_fingerprint`), so predict can tell when the text
+  encoder at that path is not the one the model was trained against, and `class_texts_map` (the
+  class_texts file's map: class text -> texts) when the run has one;
 - `amp`: the run's autocast setting on CUDA ("bf16" or "none");
 - `train_classes`: [{label, name, text}] the model was trained on;
 - `source`: {checkpoint (its file name), step, epoch}.
@@ -37,12 +39,12 @@ from pydantic import ValidationError
 
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
 from trainer.config import TestSetConfig, TrainConfig
-from trainer.embeddings import vectors_fingerprint
+from trainer.embeddings import load_class_texts, vectors_fingerprint
 
 FORMAT = "zsvideo-model"
 FORMAT_VERSION = 1
 # The manifest's `encoding` fields predict needs to redo the builder's decode and encode.
-BUILD_KEYS = ("short_side", "fps", "codec", "container", "crf", "speed", "gop")
+BUILD_KEYS = ("short_side", "fps", "codec", "container", "crf", "speed", "gop", "clip_span")
 
 
 class ExportError(ValueError):
@@ -76,7 +78,8 @@ def build_settings(cfg: TrainConfig, shards: str | Path | None = None) -> dict:
             eval sets (when those are not on this machine).
 
     Returns:
-        {short_side, fps, codec, container, crf, speed, gop, source}.
+        {short_side, fps, codec, container, crf, speed, gop, clip_span, strict_frame_count, source}
+        (strict_frame_count from the build's `_build.json`; False, the builder's default, when absent).
 
     Raises:
         ExportError: no readable video eval manifest, or the run's eval sets disagree.
@@ -95,7 +98,11 @@ def build_settings(cfg: TrainConfig, shards: str | Path | None = None) -> dict:
         if enc.get("media") == "image" or info.get("split") != "eval" or any(k not in enc for k in BUILD_KEYS):
             tried.append(f"{path} (not a video eval shard set of this format)")
             continue
-        found.append({**{k: enc[k] for k in BUILD_KEYS}, "source": str(path)})
+        try:
+            strict = bool(json.loads((path.parent / "_build.json").read_text()).get("strict_frame_count", False))
+        except (OSError, ValueError):
+            strict = False
+        found.append({**{k: enc[k] for k in BUILD_KEYS}, "strict_frame_count": strict, "source": str(path)})
     if not found:
         raise ExportError("predict redoes the builder's decode with the eval shards' settings (short side, "
                           f"fps, codec, crf): none of {tried or 'the run (it has no eval sets)'} could be "
@@ -144,8 +151,11 @@ def release_from_checkpoint(path: str | Path, shards: str | Path | None = None) 
     state = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
     eval_data = cfg.eval.data(TestSetConfig(name="predict", shards="-"), cfg.data.train, cfg.eval.clips)
     emb = cfg.embeddings.model_dump(mode="json")
-    encoder_path = emb.get("model") or emb.get("vectors")
+    encoder_path = emb.get("model") if emb.get("kind") == "sentence_transformer" else emb.get("vectors")
     fingerprint = vectors_fingerprint(encoder_path) if encoder_path and Path(encoder_path).exists() else None
+    if emb.get("class_texts"):
+        # The map itself travels with the model: predict embeds labels by the same descriptions.
+        emb["class_texts_map"] = load_class_texts(emb["class_texts"])
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": state,

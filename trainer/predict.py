@@ -8,9 +8,10 @@
 (`python -m trainer.export`). Folders are searched recursively for the builder's video extensions.
 
 Each video goes through the run's evaluation, step for step, without building shards:
-1. the builder's own decode and encode (`sharding.encode.decode` then `encode`) with the build
-   settings of the run's eval shards (short side, frame rate, codec, crf, speed, gop): the bytes
-   are those `sharding.build --split eval` stores for the same file;
+1. the builder's own per-video step (`sharding.media.process_video`: decode, constant frame rate,
+   resize to the short side, encode) with the build settings of the run's eval shards (short side,
+   frame rate, codec, crf, speed, gop, ...): the bytes are those `sharding.build --split eval`
+   stores for the same file;
 2. the run's evaluation graph (`dali_pipelines.graphs.eval_graph`, DALI CPU backend) with the
    run's eval settings: `eval.clips` clips placed by `dali_pipelines.sampler.EvalSampler`, the
    in-graph resize, centre crop and standardization; then `dali_pipelines.loader.standardize`;
@@ -35,10 +36,11 @@ from dali_pipelines.graphs import EVAL_INPUTS, EVAL_OUTPUTS, eval_graph, in_orde
 from dali_pipelines.loader import standardize
 from dali_pipelines.sampler import EvalSampler
 from sharding.class_names import class_text, read_class_list
-from sharding.encode import VideoError, decode, encode
-from sharding.layouts import VIDEO_EXTENSIONS
+from sharding.encode import encode
+from sharding.layouts import VIDEO_EXTENSIONS, VideoItem
+from sharding.media import process_video
 from sharding.reader import ShardTable
-from trainer.embeddings import MissingWordsError, StaleCacheError, vectors_fingerprint
+from trainer.embeddings import MissingWordsError, StaleCacheError, embeddings_for, vectors_fingerprint
 from trainer.export import ExportError, load_release
 from trainer.model import build_model
 
@@ -98,9 +100,9 @@ def embed_labels(embeddings: dict, texts: list[str], vectors: str | None = None)
     Raises:
         PredictError: the encoder is missing or is not the one the model was trained with.
     """
-    from trainer.embeddings import class_embeddings  # the section may name a sentence encoder
-
-    path = vectors or embeddings.get("model") or embeddings.get("vectors")
+    kind = embeddings.get("kind", "word_vectors")
+    key = "model" if kind == "sentence_transformer" else "vectors"
+    path = vectors or embeddings.get(key)
     if path is None or not Path(path).exists():
         raise PredictError(f"the run's text encoder {path} is not here: pass --vectors PATH (the same "
                            "vectors file or model folder the model was trained with)")
@@ -111,7 +113,8 @@ def embed_labels(embeddings: dict, texts: list[str], vectors: str | None = None)
             raise PredictError(f"{path} is not the text encoder the model was trained with (that was "
                                f"{expected['name']}: {expected['size']} bytes, sha256 {expected['sha256'][:12]}; "
                                f"this is {got['size']} bytes, sha256 {got['sha256'][:12]})")
-    return class_embeddings(texts, path, None, normalize_words=embeddings.get("normalize_words", True))
+    # The run's rules: kind, options, and its class_texts (a label that is a key gets its descriptions).
+    return embeddings_for({**embeddings, key: path}, texts, None)
 
 
 # ----------------------------------------------------------------------------- videos
@@ -145,10 +148,10 @@ def find_videos(paths: list[str]) -> tuple[list[Path], bool]:
 
 
 class _PreparedVideo:
-    """One video after the builder's decode + encode: its bytes and the eval sampler's draw."""
+    """One video after the builder's step: its bytes, the eval sampler's draw and any warning."""
 
-    def __init__(self, encoded: np.ndarray, draw):
-        self.encoded, self.draw = encoded, draw
+    def __init__(self, encoded: np.ndarray, draw, warning: str | None = None):
+        self.encoded, self.draw, self.warning = encoded, draw, warning
 
 
 class PredictSource:
@@ -156,7 +159,8 @@ class PredictSource:
     does, with the frames / crop / size `EvalSampler` draws for it (the evaluation's own sampler,
     on a one-row table). A video that fails is recorded in `errors` and a filler takes its place,
     so the pipeline keeps running; iterations past the list's end get the filler too (DALI
-    prefetches ahead).
+    prefetches ahead). `warnings[i]`: what the builder would note in its manifest (a video cut
+    short: the frames that decode are used).
 
     Args:
         videos: the paths, in order.
@@ -169,20 +173,23 @@ class PredictSource:
         # the graph's inputs in its order; "size" only with an in-graph resize (as sources.EvalSource)
         self.names = EVAL_INPUTS if eval_cfg["resize_short"] is not None else EVAL_INPUTS[:-1]
         self.errors: dict[int, str] = {}
+        self.warnings: dict[int, str] = {}
         self.batch_size = 1
-        # A flat grey video of the short side: decodes everywhere, fits any crop the run allows.
+        # The builder's worker options of an eval build with these settings (sharding.media.Videos).
+        self.opts = {"media": "video", "split": "eval", "segment_frames": None,
+                     **{k: build[k] for k in ("short_side", "fps", "codec", "container", "crf", "speed", "gop",
+                                              "clip_span", "strict_frame_count")}}
+        # A flat grey frame of the short side: decodes everywhere, fits any crop the run allows.
         side = int(build["short_side"])
-        grey = [np.full((side * 3 // 2, side), 128, np.uint8)]
-        self._filler = self._encoded(grey, side, side, 25)
+        grey = encode([np.full((side * 3 // 2, side), 128, np.uint8)], side, side, 25, build["codec"],
+                      build["crf"], build["speed"], build["gop"], build["container"])
+        self._filler = self._drawn(grey, 1, side, side)
 
-    def _encoded(self, frames, width, height, fps) -> _PreparedVideo:
-        b = self.build
-        # The eval builder's own encoder call: whole video, one stream (sharding.build, --split eval).
-        data = encode(frames, width, height, fps, b["codec"], b["crf"], b["speed"], b["gop"], b["container"])
+    def _drawn(self, data: bytes, num_frames: int, width: int, height: int, warning=None) -> _PreparedVideo:
         e = self.eval_cfg
         table = ShardTable.from_columns(
             {"keys": np.array(["predict"]), "video_ids": np.array(["predict"]), "labels": np.zeros(1, np.int64),
-             "num_frames": np.array([len(frames)]), "video_num_frames": np.array([len(frames)]),
+             "num_frames": np.array([num_frames]), "video_num_frames": np.array([num_frames]),
              "first_frame": np.zeros(1, np.int64), "segment": np.zeros(1, np.int64),
              "own_start": np.zeros(1, np.int64), "own_count": np.ones(1, np.int64),
              "width": np.array([width]), "height": np.array([height]),
@@ -193,20 +200,25 @@ class PredictSource:
         sampler = EvalSampler(table, batch_size=1, num_clips=e["num_clips"], clip_len=e["clip_len"],
                               stride=e["stride"], clip_positions=e["clip_positions"], seed=e["seed"],
                               crop=e["crop"], resize_short=e["resize_short"])
-        return _PreparedVideo(np.frombuffer(data, np.uint8), sampler.draw(0))
+        return _PreparedVideo(np.frombuffer(data, np.uint8), sampler.draw(0), warning)
 
     def prepare(self, i: int) -> _PreparedVideo:
         """Video i as the graph gets it (or the filler, with the reason in `errors[i]`)."""
         if i >= len(self.videos):
             return self._filler
+        path = str(self.videos[i])
+        r = process_video(VideoItem(path, "predict", "predict"), 0, self.opts)  # never raises: errors are returned
+        if "error" in r:
+            self.errors[i] = r["error"]
+            return self._filler
+        _, _, data, meta = r["samples"][0]  # an eval build stores one sample per video
+        if r.get("warning"):
+            self.warnings[i] = r["warning"]["reason"]
         try:
-            v = decode(str(self.videos[i]), int(self.build["short_side"]), self.build["fps"])
-            return self._encoded(v.frames, v.width, v.height, v.fps)
-        except (VideoError, ValueError) as e:  # ValueError: smaller than the crop (EvalSampler)
+            return self._drawn(data, meta["num_frames"], meta["width"], meta["height"])
+        except ValueError as e:  # smaller than the run's crop (EvalSampler)
             self.errors[i] = str(e)
-        except Exception as e:  # an unexpected library failure on one file must not stop the others
-            self.errors[i] = f"unexpected {type(e).__name__}: {e}"
-        return self._filler
+            return self._filler
 
     def __call__(self, sample_info):
         p = self.prepare(sample_info.iteration)
@@ -218,7 +230,8 @@ class PredictSource:
 
 
 def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.device):
-    """Yield (index, clips (1, N, C, T, H, W) float32 on `device` or None, error or None) per video."""
+    """Yield (index, clips (1, N, C, T, H, W) float32 on `device` or None, error or None, warning
+    or None) per video."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
     source = PredictSource(videos, build, eval_cfg)
@@ -232,10 +245,10 @@ def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.
         if int(out["video"][0]) != i:
             raise RuntimeError(f"predict's pipeline returned video {int(out['video'][0])} for {i}")
         if i in source.errors:
-            yield i, None, source.errors[i]
+            yield i, None, source.errors[i], None
             continue
         clips = standardize(out["clips"].to(device), out["scale"].to(device), out["shift"].to(device))
-        yield i, clips, None
+        yield i, clips, None, source.warnings.get(i)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -306,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(total=len(videos), unit="video", file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.no_grad():
-            for i, clips, error in clip_batches(videos, release["build"], release["eval"], device):
+            for i, clips, error, warning in clip_batches(videos, release["build"], release["eval"], device):
                 path = str(videos[i])
+                if warning:
+                    line = f"warning: {path}: {warning}"
+                    (bar.write(line, file=sys.stderr) if bar else print(line, file=sys.stderr))
                 if error is not None:
                     failed += 1
                     line = f"error: {path}: {error}"
@@ -322,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     record = {"video": path, "top": [{"label": names[j], "text": texts[j], "score": s}
                                                      for j, s in top],
                               "embedding": [float(x) for x in pred]}
+                    if warning:
+                        record["warning"] = warning
                 if out:
                     out.write(json.dumps(record) + "\n")
                     out.flush()
