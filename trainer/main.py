@@ -34,7 +34,7 @@ from trainer.config import ConfigError, TrainConfig, load_config, lr_at
 from trainer.distributed import (any_rank, broadcast_object, dist_env, init_process_group, is_dist,
                                  mean_over_ranks, pick_device, print0, all_gather_objects)
 from sharding.reader import ShardError, load_shards
-from trainer.embeddings import MissingWordsError, StaleCacheError, class_embeddings
+from trainer.embeddings import MissingWordsError, StaleCacheError, embeddings_for
 from trainer.evaluate import TestSet, evaluate_set, write_results
 from trainer.model import build_model
 
@@ -82,7 +82,7 @@ def embed_all(cfg: TrainConfig, texts: list[str], rank: int) -> np.ndarray:
     emb = None
     if rank == 0:
         cache = cfg.embeddings.cache or str(Path(cfg.run.out_dir) / "class_embeddings.npz")
-        emb = class_embeddings(texts, cfg.embeddings.vectors, cache, normalize_words=cfg.embeddings.normalize_words)
+        emb = embeddings_for(cfg.embeddings, texts, cache)  # either kind; the head's size follows its dim
     return broadcast_object(emb)
 
 
