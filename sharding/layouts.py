@@ -20,6 +20,8 @@ import csv
 import hashlib
 import os
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +61,25 @@ class Listing:
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
+def _digest(text: str, n: int = 8) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
+
+
 def safe_key(text: str) -> str:
     """Make `text` usable as a WebDataset key: webdataset splits a member name at its first dot.
 
+    Keys are ASCII letters, digits, `_` and `-`. A name with other characters gets a short hash of
+    its NFC form appended, so names that differ only outside ASCII stay apart (`ü`, `ö`); ASCII
+    names keep the keys they always had.
+
     >>> safe_key("v_Foo_g01.c01")
     'v_Foo_g01_c01'
+    >>> safe_key("über") != safe_key("öber")
+    True
     """
-    return _KEY_UNSAFE.sub("_", text)
+    text = unicodedata.normalize("NFC", text)
+    key = _KEY_UNSAFE.sub("_", text)
+    return key if text.isascii() else f"{key}_{_digest(text)}"
 
 
 def _short(vid: str, limit: int = 80) -> str:
@@ -77,20 +91,22 @@ def _short(vid: str, limit: int = 80) -> str:
 
 def _with_unique_ids(raw: list[tuple[str, str, str]]) -> list[VideoItem]:
     """raw: (path, class_name, relative path). Ids are file stems, or the whole relative path for
-    stems that occur more than once (two `clip1.mp4` in different class folders)."""
+    stems that occur more than once (two `clip1.mp4` in different class folders), plus a short hash
+    of the relative path where even those meet (`a.b.mp4` and `a_b.mp4`). Class names are NFC."""
     stems = [_short(safe_key(Path(rel).stem)) for _, _, rel in raw]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    items = []
-    for (path, cls, rel), stem in zip(raw, stems):
-        vid = stem if counts[stem] == 1 else _short(safe_key(str(Path(rel).with_suffix("")).replace(os.sep, "__")))
-        items.append(VideoItem(path=path, class_name=cls, video_id=vid))
-    seen: set[str] = set()
+    counts = Counter(stems)
+    vids = [stem if counts[stem] == 1 else _short(safe_key(str(Path(rel).with_suffix("")).replace(os.sep, "__")))
+            for (_, _, rel), stem in zip(raw, stems)]
+    counts = Counter(vids)
+    vids = [v if counts[v] == 1 else _short(f"{v}_{_digest(rel)}") for v, (_, _, rel) in zip(vids, raw)]
+    items = [VideoItem(path=path, class_name=unicodedata.normalize("NFC", cls), video_id=vid)
+             for (path, cls, _), vid in zip(raw, vids)]
+    seen: dict[str, str] = {}
     for it in items:
         if it.video_id in seen:
-            raise LayoutError(f"two inputs map to the same video id {it.video_id!r}; rename one of them")
-        seen.add(it.video_id)
+            raise LayoutError(f"{seen[it.video_id]} and {it.path} are listed as two inputs with the same "
+                              f"name (video id {it.video_id!r}); list each file once")
+        seen[it.video_id] = it.path
     return items
 
 
@@ -116,7 +132,7 @@ def list_folders(root: Path) -> Listing:
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM is not part of the header
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in required if c not in header]

@@ -64,7 +64,7 @@ def lock_out(out: Path) -> tuple[int, bool]:
 def listed_files(out: Path) -> list[Path]:
     """Every file an existing build in `out` wrote, by its own records: the manifest, the identity,
     the per-shard state files and the shards they list, and this builder's temp files."""
-    files = [out / "_info.json", out / "_build.json"]
+    files = [out / "_info.json", out / "_build.json", out / "_sha256_cache.json"]
     parts = out / "_parts"
     if parts.is_dir():
         for state_file in sorted(parts.glob("*.json")):

@@ -17,10 +17,10 @@ from typing import NamedTuple
 import numpy as np
 
 from sharding import ivf
-from sharding.shardio import FORMAT_VERSION, INT_COLUMNS, STR_COLUMNS
+from sharding.shardio import FORMAT_VERSION, INT_COLUMNS, STR_COLUMNS, atomic_write_json, sha256_file
 
-_REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes and redoes "
-            "missing shards) or rebuild with --overwrite")
+_REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes, and rebuilds "
+            "missing or truncated shards) or rebuild with --overwrite")
 
 
 class ShardError(Exception):
@@ -210,12 +210,15 @@ def _load_json(path: Path) -> dict:
         raise _fail(path, f"unreadable ({e})") from e
 
 
-def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable:
+def load_shards(path: str | os.PathLike, split: str | None = None, verify: str = "size") -> ShardTable:
     """Read and validate a shard set.
 
     Args:
         path: a shard directory or its `_info.json`.
         split: 'train' or 'eval' to require that split; None accepts either.
+        verify: 'size' checks each tar's size; 'sha256' also its sha256 against the manifest,
+            computed once per (path, size, mtime) and cached in `SHA256_CACHE` beside the shards, so
+            a second start costs one stat per shard (`check_sha256`).
 
     Returns:
         The validated `ShardTable`.
@@ -224,8 +227,11 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
         ShardError: naming the offending file: a missing `_info.json` (an unfinished build), a
             missing tar / index / samples table, a tar whose size differs from the manifest, a table
             whose row count or columns differ from the manifest, a byte range past the tar's end,
-            an empty shard list, or a wrong format version / split.
+            an empty shard list, or a wrong format version / split; with verify='sha256', a tar
+            whose bytes differ from the build's.
     """
+    if verify not in ("size", "sha256"):
+        raise ValueError(f"verify must be 'size' or 'sha256', got {verify!r}")
     path = Path(path)
     info_path = path if path.name == "_info.json" else path / "_info.json"
     if not info_path.is_file():
@@ -270,7 +276,52 @@ def load_shards(path: str | os.PathLike, split: str | None = None) -> ShardTable
         raise _fail(info_path, f"shards hold {len(video_ptr) - 1} videos, the manifest says "
                     f"{info.get('num_videos')}")
     _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
+    if verify == "sha256":
+        check_sha256(root, shards)
     return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **kf)
+
+
+SHA256_CACHE = "_sha256_cache.json"
+
+
+def check_sha256(root: Path, shards: list[dict]) -> None:
+    """Compare every shard's sha256 with the manifest's, hashing only tars whose (path, size,
+    mtime) is not in the cache file `root/SHA256_CACHE` (rewritten when something was hashed; a
+    read-only folder just goes uncached).
+
+    Raises:
+        ShardError: naming the first tar whose bytes differ from the build's.
+    """
+    cache_path = root / SHA256_CACHE
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # a damaged cache is only a slower start
+    changed = False
+    for shard in shards:
+        tar = root / shard["path"]
+        st = tar.stat()
+        key, stamp = shard["path"], [st.st_size, st.st_mtime_ns]
+        hit = cache.get(key)
+        if not hit or hit.get("stamp") != stamp:
+            hit = cache[key] = {"stamp": stamp, "sha256": sha256_file(tar)}
+            changed = True
+        if hit["sha256"] != shard["sha256"]:
+            if changed:
+                _save_cache(cache_path, cache)
+            raise _fail(tar, "sha256 differs from the manifest's (the bytes changed after the build: "
+                        "a bad disk or copy)", "re-run `python -m sharding.build` with the same arguments "
+                        "and --verify-existing (it rebuilds shards whose sha256 differs), or copy the "
+                        "shard again")
+    if changed:
+        _save_cache(cache_path, cache)
+
+
+def _save_cache(path: Path, cache: dict) -> None:
+    try:
+        atomic_write_json(path, cache)
+    except OSError:
+        pass  # read-only shard folder: verified, just not cached
 
 
 def read_shard_table(root: Path, shard: dict, keyframed: bool, shard_index: int = 0,

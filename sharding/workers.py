@@ -91,6 +91,12 @@ class _Worker:
         child.close()
         self.task: tuple[int, tuple] | None = None  # (task id, job) while busy
         self.started = 0.0
+        self.done, self.recycle_every = 0, recycle_every
+
+    @property
+    def retiring(self) -> bool:
+        """Done its share: it exits by itself now, so it gets no new task."""
+        return bool(self.recycle_every) and self.done >= self.recycle_every
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -160,7 +166,7 @@ class WorkerPool:
                 queue.append((submitted, job))
                 submitted += 1
             for w in self._workers:
-                if w.task is None and queue:
+                if w.task is None and queue and not w.retiring:
                     w.task = queue.popleft()
                     w.started = time.monotonic()
                     w.conn.send(w.task)
@@ -192,6 +198,7 @@ class WorkerPool:
                     if tid == w.task[0]:
                         results[tid] = result
                         w.task = None
+                        w.done += 1
             dead = w.proc.sentinel in ready or not w.proc.is_alive()
             late = (w.task is not None and self.timeout is not None
                     and time.monotonic() - w.started >= self.timeout)

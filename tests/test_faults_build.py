@@ -1,0 +1,526 @@
+"""Fault injection for the shard builder and the shards it writes: nothing lost, nothing duplicated,
+no build stopped by one file, no bad shard trusted (RELIABILITY.md lists each fault and its test).
+
+Real faults throughout: cut-off and corrupted files written with PyAV, workers killed by signals,
+builders killed with SIGKILL at seeded random moments, a full tmpfs (as root), two live builders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import unicodedata
+import weakref
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+import pytest
+
+import fault_jobs
+from sharding.build import main as build_main
+from sharding.encode import MAX_GRID_RATIO, Probe, VideoError, plan_frames, probe, resized_frames
+from sharding.merge import merge
+from sharding.outdir import lock_out
+from sharding.reader import ShardError, load_shards
+from sharding.shardio import temp_path
+from sharding.verify import verify
+from sharding.workers import WorkerPool
+from videos import true_frame, write_video
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+def build(*args) -> int:
+    return build_main([str(a) for a in args] + ["--quiet"])
+
+
+def shas(out: Path) -> list[str]:
+    return [s["sha256"] for s in json.loads((out / "_info.json").read_text())["shards"]]
+
+
+def write_raw(path: Path, num_frames: int, fmt: str | None = None, codec: str = "libx264",
+              options: dict | None = None) -> bytes:
+    """A test video with container options (e.g. mp4 `+faststart`: the index before the frames)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        st = out.add_stream(codec, rate=25)
+        st.width, st.height, st.pix_fmt = 172, 128, "yuv420p"
+        if codec == "libx264":
+            st.options = {"bf": "0"}
+        for i in range(num_frames):
+            for p in st.encode(av.VideoFrame.from_ndarray(true_frame(i, 172, 128), format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path.read_bytes()
+
+
+def corrupt_ivf_frame(data: bytes, frame: int) -> bytes:
+    """Overwrite one frame record's payload: the VP9 decoder fails there (a decode error mid-stream)."""
+    b, pos, k = bytearray(data), 32, 0
+    while pos < len(b):
+        size = struct.unpack_from("<I", b, pos)[0]
+        if k == frame:
+            b[pos + 12:pos + 12 + size] = b"\xff" * size
+        pos, k = pos + 12 + size, k + 1
+    return bytes(b)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_gone(procs: list[psutil.Process], seconds: float = 15.0) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(procs, timeout=seconds)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    """Six short good videos in two classes (a few seconds to build)."""
+    root = tmp_path_factory.mktemp("small")
+    for i in range(6):
+        write_video(root / ("run" if i % 2 else "jump") / f"v{i}.mp4", num_frames=24 + 4 * i)
+    return root
+
+
+def build_cmd(tree: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "sharding.build", "--input", str(tree), "--layout", "folders", "--split",
+            "train", "--out", str(out), "--videos-per-shard", "1", "--workers", "1", "--quiet", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def clean_build(small_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    assert subprocess.run(build_cmd(small_tree, out, "--workers", "0")).returncode == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs that play but are short
+
+@pytest.fixture(scope="module")
+def cut_off_tree(tmp_path_factory) -> Path:
+    """Real cut-off files next to a good one: what a stopped recording or download leaves."""
+    root = tmp_path_factory.mktemp("cut")
+    write_video(root / "a" / "good.mp4", num_frames=30)
+    full = write_video(root / "tmp.avi", num_frames=60, codec="mpeg4").read_bytes()
+    (root / "a" / "cut_avi.avi").write_bytes(full[: len(full) // 2])      # header says 60, ~11 play
+    (root / "tmp.avi").unlink()
+    mp4 = write_raw(root / "tmp.mp4", 60, options={"movflags": "+faststart"})
+    (root / "a" / "cut_download.mp4").write_bytes(mp4[: len(mp4) // 2])  # index says 60, ~26 play
+    (root / "tmp.mp4").unlink()
+    ivf = write_raw(root / "tmp.ivf", 60, fmt="ivf", codec="libvpx-vp9")
+    (root / "b").mkdir()
+    # IVF bytes (FFmpeg probes the content; .ivf is not a listed video extension)
+    (root / "b" / "late_error.mkv").write_bytes(corrupt_ivf_frame(ivf, 30))   # decode error after 30 frames
+    (root / "b" / "early_error.mkv").write_bytes(corrupt_ivf_frame(ivf, 8))   # ... after 8 (< a clip)
+    (root / "tmp.ivf").unlink()
+    return root
+
+
+def test_playable_but_short_inputs_are_stored_with_warnings(cut_off_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    # --max-error-rate 0.3: the one unusable input (early_error) is 1 of 5; warnings do not count
+    assert build("--input", cut_off_tree, "--layout", "folders", "--split", "eval", "--out", out,
+                 "--workers", "0", "--max-error-rate", "0.3") == 0
+    err = capsys.readouterr().err
+    info = json.loads((out / "_info.json").read_text())
+    warned = {Path(w["path"]).name: w for w in info["warnings"]}
+    assert set(warned) == {"cut_avi.avi", "cut_download.mp4", "late_error.mkv"}
+    for name, w in warned.items():
+        assert w["declared_frames"] == 60 and 0 < w["stored_frames"] < 60 and w["reason"], w
+        assert f"[build] warning: {w['path']}" in err
+    assert warned["late_error.mkv"]["stored_frames"] == 30 and "decode error after 30" in warned["late_error.mkv"]["reason"]
+    assert [Path(e["path"]).name for e in info["errors"]] == ["early_error.mkv"]
+    assert "decode error after 8 frames" in info["errors"][0]["reason"]
+    assert info["num_videos"] == 4 and "1 errors, 3 stored with warnings" in err
+    table = load_shards(out)
+    stored = dict(zip(table.columns["video_ids"].tolist(), table.columns["num_frames"].tolist()))
+    assert all(stored[w["video_id"]] == w["stored_frames"] for w in info["warnings"])
+    assert verify(out) == []  # the frames that decode are what is stored, and verify agrees
+
+    strict = tmp_path / "strict"
+    assert build("--input", cut_off_tree, "--layout", "folders", "--split", "eval", "--out", strict,
+                 "--workers", "0", "--max-error-rate", "0.9", "--strict-frame-count") == 0
+    info = json.loads((strict / "_info.json").read_text())
+    reasons = {Path(e["path"]).name: e["reason"] for e in info["errors"]}
+    assert set(reasons) == {"cut_avi.avi", "cut_download.mp4", "late_error.mkv", "early_error.mkv"}
+    assert "frames the container declares could be decoded" in reasons["cut_download.mp4"]
+    assert info["warnings"] == [] and info["num_videos"] == 1
+
+
+def test_verify_catches_a_warning_that_disagrees_with_the_shards(cut_off_tree, tmp_path):
+    out = tmp_path / "out"
+    assert build("--input", cut_off_tree, "--layout", "folders", "--split", "eval", "--out", out,
+                 "--workers", "0", "--max-error-rate", "0.3") == 0
+    info = json.loads((out / "_info.json").read_text())
+    info["warnings"][0]["stored_frames"] += 1
+    (out / "_info.json").write_text(json.dumps(info))
+    assert any("frames stored, the shards hold" in p for p in verify(out, decode=False))
+
+
+def _probe(n, times=None, declared=0, error=None, rate=Fraction(25)):
+    return Probe(n, None if times is None else np.asarray(times, float), declared, 172, 128, rate, error)
+
+
+def test_frame_policy_only_nothing_usable_is_an_error():
+    assert plan_frames(_probe(20, error="boom"), min_frames=16).warning.startswith("decode error after 20")
+    with pytest.raises(VideoError, match="decode error after 10 frames"):
+        plan_frames(_probe(10, error="boom"), min_frames=16)
+    with pytest.raises(VideoError, match="decode error after 20 frames"):
+        plan_frames(_probe(20, error="boom"), min_frames=16, strict=True)
+    with pytest.raises(VideoError, match="no frames could be decoded"):
+        plan_frames(_probe(0, declared=50))
+    short = plan_frames(_probe(5, declared=50))
+    assert "only 5 of the 50 frames" in short.warning and len(short.indices) == 5
+    assert plan_frames(_probe(49, declared=50)).warning is None  # within the container's slack
+    # a bogus last timestamp (last - first = 10^6 s): an error, not a 2.5e7-frame grid
+    times = [i / 25 for i in range(9)] + [1e6]
+    with pytest.raises(VideoError, match="a bogus timestamp"):
+        plan_frames(_probe(10, times=times))
+    # a real gap (a frame missing for 2 s) is still converted
+    gap = plan_frames(_probe(10, times=[i / 25 for i in range(9)] + [2.0]))
+    assert len(gap.indices) == 51 and gap.vfr and MAX_GRID_RATIO * 10 + 100 > 51
+
+
+def test_bogus_timestamp_file_is_listed_not_encoded(tmp_path):
+    pts = [0, 40, 80, 120, 160, 200, 240, 280, 320, 10**9]  # ms: the last frame 10^6 s later
+    # matroska keeps 64-bit millisecond timestamps (mp4 clamps this one)
+    write_video(tmp_path / "in" / "c" / "bogus.mkv", num_frames=len(pts), pts=pts, time_base=Fraction(1, 1000))
+    write_video(tmp_path / "in" / "c" / "fine.mp4", num_frames=20)
+    out = tmp_path / "out"
+    assert build("--input", tmp_path / "in", "--layout", "folders", "--split", "eval", "--out", out,
+                 "--workers", "0", "--max-error-rate", "0.6") == 0
+    info = json.loads((out / "_info.json").read_text())
+    assert [Path(e["path"]).name for e in info["errors"]] == ["bogus.mkv"]
+    assert "bogus timestamp" in info["errors"][0]["reason"] and info["num_videos"] == 1
+
+
+def test_decode_is_streamed_one_frame_at_a_time(tmp_path):
+    """Memory must not grow with the video: at most one decoded frame is alive while streaming."""
+    path = write_video(tmp_path / "v.mp4", num_frames=120)
+    pr = probe(str(path))
+    plan = plan_frames(pr)
+    alive, most = [], 0
+    for frame in resized_frames(str(path), pr, plan, 128):
+        alive = [r for r in alive if r() is not None] + [weakref.ref(frame)]
+        most = max(most, len(alive))
+        del frame
+    assert len(plan.indices) == 120 and most <= 2  # the one yielded + at most the one held
+
+
+# ----------------------------------------------------------------------------- workers: crash, kill, hang, recycle
+
+def test_pool_survives_a_worker_killed_by_a_signal():
+    for sig in (signal.SIGKILL, signal.SIGSEGV):
+        with WorkerPool(fault_jobs.crash_on, 2, fault_jobs.failure) as pool:
+            got = list(pool.imap([(x, 3, sig) for x in range(8)]))
+            assert pool.restarts == 1
+        name = signal.Signals(sig).name
+        assert got == [x * x if x != 3 else f"failed 3: worker crashed: signal {int(sig)} ({name})" for x in range(8)]
+
+
+def test_pool_kills_a_hung_task_after_the_timeout():
+    with WorkerPool(fault_jobs.hang_on, 2, fault_jobs.failure, timeout=1.0) as pool:
+        got = list(pool.imap([(x, 2) for x in range(6)]))
+    assert got == [x * x if x != 2 else "failed 2: exceeded --video-timeout (1 s)" for x in range(6)]
+
+
+def test_pool_recycles_workers():
+    with WorkerPool(fault_jobs.worker_pid, 1, fault_jobs.failure, recycle_every=2) as pool:
+        pids = list(pool.imap([(x,) for x in range(6)]))
+        assert pool.restarts == 0  # recycling is not a failure
+    assert [pids.count(p) for p in dict.fromkeys(pids)] == [2, 2, 2]
+
+
+def test_workers_exit_when_the_pool_process_is_killed(tmp_path):
+    script = ("import sys, time\nfrom sharding.workers import WorkerPool\nimport fault_jobs\n"
+              "pool = WorkerPool(fault_jobs.hang_on, 2, fault_jobs.failure)\n"
+              "it = pool.imap([(1, 1), (2, 2)])\nprint('ready', flush=True)\nnext(it)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 60
+    while time.time() < deadline and len([p for p in descendants(proc.pid) if "spawn_main" in " ".join(p.cmdline())]) < 2:
+        time.sleep(0.1)
+    kids = descendants(proc.pid)
+    assert len([p for p in kids if "spawn_main" in " ".join(p.cmdline())]) == 2
+    proc.kill()
+    proc.wait()
+    assert wait_gone(kids) == []
+
+
+def test_builder_killed_leaves_no_worker(small_tree, tmp_path):
+    proc = subprocess.Popen(build_cmd(small_tree, tmp_path / "out", "--workers", "2"), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len([p for p in descendants(proc.pid) if "spawn_main" in " ".join(p.cmdline())]) < 2:
+        time.sleep(0.05)
+    kids = descendants(proc.pid)
+    assert kids, "no worker started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_gone(kids) == []  # before: ~100 MB workers still alive 40 minutes later
+
+
+def test_worker_killed_mid_video_costs_that_video_only(small_tree, clean_build, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(build_cmd(small_tree, out, "--max-error-rate", "0.5"), stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.time() + 60
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        workers = [p for p in descendants(proc.pid) if "spawn_main" in " ".join(p.cmdline())]
+        if workers and len(list((out / "_parts").glob("*.json"))) >= 1:
+            victim = workers[0]
+            victim.send_signal(signal.SIGKILL)
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert victim is not None and proc.returncode == 0, err
+    info = json.loads((out / "_info.json").read_text())
+    # killed mid-video (the usual case): that one video is an error; between two videos: none is
+    assert len(info["errors"]) <= 1 and info["num_videos"] + len(info["errors"]) == 6
+    for e in info["errors"]:
+        assert e["reason"] == "worker crashed: signal 9 (SIGKILL)"
+    # --retry-errors re-encodes only the listed inputs: the result is the uninterrupted build
+    r = subprocess.run(build_cmd(small_tree, out, "--retry-errors"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert shas(out) == shas(clean_build) and json.loads((out / "_info.json").read_text())["errors"] == []
+
+
+# ----------------------------------------------------------------------------- kill -9 the builder, resume
+
+def test_killed_at_random_points_then_resumed_is_byte_identical(small_tree, clean_build, tmp_path):
+    rng = random.Random(13)
+    out = tmp_path / "out"
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(build_cmd(small_tree, out), stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 2.5) if attempt < 5 else 300)
+        except subprocess.TimeoutExpired:
+            kids = descendants(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            assert wait_gone(kids) == []
+            continue
+        assert proc.returncode == 0
+        break
+    print(f"killed {kills} times")
+    assert kills >= 1 and (out / "_info.json").is_file()
+    assert shas(out) == shas(clean_build)
+    for s in json.loads((out / "_info.json").read_text())["shards"]:
+        assert (out / s["path"]).read_bytes() == (clean_build / s["path"]).read_bytes()
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+# ----------------------------------------------------------------------------- lock, resume checks, retry, overwrite
+
+def test_second_builder_on_one_out_is_refused_with_the_holder(small_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    fd, _ = lock_out(out)  # a live builder holds --out
+    try:
+        assert build("--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out, "--workers", "0") == 2
+        err = capsys.readouterr().err
+        assert f"PID {os.getpid()} on host {socket.gethostname()}" in err and "being written by another builder" in err
+    finally:
+        os.close(fd)
+    assert build("--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out, "--workers", "0") == 0
+    a, b = temp_path(out / "x.tar"), temp_path(out / "x.tar")
+    assert a != b and a.name.endswith(".tmp") and str(os.getpid()) in a.name
+
+
+def test_two_concurrent_builders_lose_nothing(small_tree, clean_build, tmp_path):
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(build_cmd(small_tree, out), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes in ([0, 0], [0, 2]), results  # [0, 0]: the second started after the first finished
+    for rc, err in results:
+        if rc == 2:
+            assert "being written by another builder (PID" in err
+    assert shas(out) == shas(clean_build) and not list(out.rglob("*.tmp"))
+
+
+def test_resume_rebuilds_missing_truncated_and_corrupted_shards(small_tree, clean_build, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    info = json.loads((out / "_info.json").read_text())
+    first, second = (out / s["path"] for s in info["shards"][:2])
+    cmd = build_cmd(small_tree, out, "--workers", "0")
+
+    first.unlink()
+    with pytest.raises(ShardError, match="re-run `python -m sharding.build` with the same arguments"):
+        load_shards(out)
+    r = subprocess.run(cmd, capture_output=True, text=True)  # the advice load_shards printed
+    assert r.returncode == 0 and f"{first.stem}: {first.name} is missing; rebuilding it" in r.stderr
+    load_shards(out)
+
+    with open(second, "r+b") as f:
+        f.truncate(second.stat().st_size - 100)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "(truncated?); rebuilding it" in r.stderr
+    assert shas(out) == shas(clean_build)
+
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only a hash sees it
+    first.write_bytes(bytes(data))
+    load_shards(out)
+    with pytest.raises(ShardError, match="sha256 differs"):
+        load_shards(out, verify="sha256")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "rebuilding" not in r.stderr  # size-only check by default
+    r = subprocess.run(cmd + ["--verify-existing"], capture_output=True, text=True)
+    assert r.returncode == 0 and "different sha256 than when it was written (corrupted); rebuilding it" in r.stderr
+    load_shards(out, verify="sha256")
+    assert first.read_bytes() == (clean_build / first.name).read_bytes()
+
+
+def test_sha256_check_is_cached_by_path_size_mtime(clean_build, tmp_path, monkeypatch):
+    import sharding.reader as reader
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    load_shards(out, verify="sha256")
+    cache = json.loads((out / reader.SHA256_CACHE).read_text())
+    assert len(cache) == len(json.loads((out / "_info.json").read_text())["shards"])
+    monkeypatch.setattr(reader, "sha256_file", lambda p: pytest.fail(f"hashed {p} again"))
+    load_shards(out, verify="sha256")  # a second start: stats only
+    monkeypatch.undo()
+    tar = out / json.loads((out / "_info.json").read_text())["shards"][0]["path"]
+    data = bytearray(tar.read_bytes())
+    data[-2000] ^= 1
+    tar.write_bytes(bytes(data))  # a new mtime: hashed again, and caught
+    with pytest.raises(ShardError, match=rf"{tar.name}: sha256 differs"):
+        load_shards(out, verify="sha256")
+    with pytest.raises(ValueError, match="verify must be"):
+        load_shards(out, verify="md5")
+
+
+def test_retry_errors_stores_fixed_inputs_without_a_rebuild(small_tree, tmp_path):
+    vids = sorted(small_tree.rglob("*.mp4"))
+    staged = tmp_path / "later.mp4"  # listed, but "not downloaded yet"
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in vids) + f"{staged},run\n")
+    args = ["--input", listing, "--layout", "list", "--split", "eval", "--out", tmp_path / "out",
+            "--workers", "0", "--videos-per-shard", "3", "--max-error-rate", "0.5"]
+    assert build(*args) == 0
+    info = json.loads((tmp_path / "out" / "_info.json").read_text())
+    assert [e["reason"] for e in info["errors"]] == ["file not found"]
+    shutil.copy(vids[0], staged)
+    assert build(*args) == 0  # a plain re-run resumes: the error stays
+    assert len(json.loads((tmp_path / "out" / "_info.json").read_text())["errors"]) == 1
+    assert build(*args, "--retry-errors") == 0
+    fixed = json.loads((tmp_path / "out" / "_info.json").read_text())
+    assert fixed["errors"] == [] and fixed["num_videos"] == info["num_videos"] + 1
+    clean = tmp_path / "clean"
+    assert build(*args[:7], clean, *args[8:]) == 0
+    assert shas(tmp_path / "out") == shas(clean)
+    assert verify(tmp_path / "out") == []
+
+
+def test_overwrite_deletes_only_files_the_build_lists(small_tree, tmp_path):
+    out = tmp_path / "out"
+    args = ["--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out, "--workers", "0",
+            "--videos-per-shard", "2"]
+    assert build(*args) == 0
+    old = [s["path"] for s in json.loads((out / "_info.json").read_text())["shards"]]
+    (out / "mine.tar").write_bytes(b"a user's own tar")
+    (out / "notes.txt").write_text("keep me")
+    assert build(*args, "--videos-per-shard", "6", "--overwrite") == 0
+    assert (out / "mine.tar").read_bytes() == b"a user's own tar" and (out / "notes.txt").is_file()
+    new = [s["path"] for s in json.loads((out / "_info.json").read_text())["shards"]]
+    assert len(new) == 1 and not any((out / p).exists() for p in old if p not in new)
+    assert len(list((out / "_parts").glob("*.json"))) == 1
+
+
+def test_merge_refuses_parts_of_different_builds(small_tree, tmp_path):
+    def part(name, i, n=2, *extra):
+        out = tmp_path / name
+        assert build("--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out,
+                     "--workers", "0", "--videos-per-shard", "2", "--part", i, "--num-parts", n, *extra) == 0
+        return out
+
+    p0, p1 = part("p0", 0), part("p1", 1)
+    assert merge([p0, p1], tmp_path / "m")["num_videos"] == 6
+    with pytest.raises(ValueError, match=r"not a part of the same build .*crf 32 .* vs 30"):
+        merge([p0, part("p1_crf", 1, 2, "--crf", "30")], tmp_path / "m2")
+    with pytest.raises(ValueError, match=r"num_parts 2 .* vs 3"):
+        merge([p0, part("p1_of3", 1, 3)], tmp_path / "m3")
+    with pytest.raises(ValueError, match=r"missing \[1\]"):
+        merge([p0], tmp_path / "m4")
+    with pytest.raises(ValueError, match=r"repeated \[0\]"):
+        merge([p0, p0], tmp_path / "m5")
+    other = tmp_path / "other"
+    shutil.copytree(small_tree, other)
+    (other / "run" / "v1.mp4").unlink()
+    p1_other = tmp_path / "p1_other"
+    assert build("--input", other, "--layout", "folders", "--split", "eval", "--out", p1_other, "--workers", "0",
+                 "--videos-per-shard", "2", "--part", "1", "--num-parts", "2") == 0
+    with pytest.raises(ValueError, match="inputs_sha256"):
+        merge([p0, p1_other], tmp_path / "m6")
+
+
+# ----------------------------------------------------------------------------- names, text, paths
+
+def test_bom_nfc_and_non_ascii_names(tmp_path):
+    nfd_cafe, nfc_cafe = unicodedata.normalize("NFD", "café"), "café"
+    root = tmp_path / "in"
+    write_video(root / nfd_cafe / "c1.mp4", num_frames=20)  # a folder made on macOS: NFD
+    write_video(root / "naïve" / "ü.mp4", num_frames=20)
+    write_video(root / "naïve" / "ö.mp4", num_frames=20)    # same safe_key before: refused
+    excl = tmp_path / "exclude.txt"
+    excl.write_bytes(("\ufeff" + nfc_cafe + "\n").encode("utf-8"))  # Excel/Notepad's BOM, NFC
+    out = tmp_path / "out"
+    assert build("--input", root, "--layout", "folders", "--split", "eval", "--out", out, "--workers", "0",
+                 "--exclude-classes", excl) == 0
+    info = json.loads((out / "_info.json").read_text())
+    assert [c["name"] for c in info["classes"]] == ["naïve"] and info["num_excluded_class_videos"] == 1
+    keys = load_shards(out).columns["keys"].tolist()
+    assert len(keys) == len(set(keys)) == 2
+    assert all(k.isascii() and "." not in k for k in keys)
+
+    listing = tmp_path / "bom.csv"  # a CSV saved with a BOM: its first column is still `path`
+    listing.write_bytes(("\ufeffpath,label\n" + f"{root / 'naïve' / 'ü.mp4'},{unicodedata.normalize('NFD', 'naïve')}\n").encode())
+    out2 = tmp_path / "out2"
+    assert build("--input", listing, "--layout", "list", "--split", "eval", "--out", out2, "--workers", "0") == 0
+    assert [c["name"] for c in json.loads((out2 / "_info.json").read_text())["classes"]] == ["naïve"]
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+def test_full_disk_exits_clearly_and_resumes_identically(small_tree, clean_build, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    need = sum(p.stat().st_size for p in clean_build.rglob("*") if p.is_file())
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need // 2}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
+    try:
+        out = mnt / "out"
+        r = subprocess.run(build_cmd(small_tree, out), capture_output=True, text=True)
+        assert r.returncode == 3, r.stderr
+        assert "No space left on device" in r.stderr and "free space" in r.stderr and "resumes" in r.stderr
+        assert not [p for p in out.rglob("*.tmp")]
+        subprocess.run(["mount", "-o", f"remount,size={need * 4}", str(mnt)], check=True)
+        r = subprocess.run(build_cmd(small_tree, out), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert shas(out) == shas(clean_build)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
