@@ -4,8 +4,9 @@
     python -m benchmarks.train configs/author.yaml --synthetic   # the author's model and batch
     python -m benchmarks.train configs/author.yaml data.train.shards=shards/k700_train --steps 100
 
-The loop is the trainer's step (trainer/main.py: loader -> autocast forward -> MSE to the class
-embedding -> backward -> Adam) without checkpoints, evaluation, logging or DDP, in one process:
+The loop is the trainer's own `train_step` (trainer/main.py: autocast forward -> MSE to the class
+embedding -> backward -> gradient check -> Adam) without checkpoints, evaluation, logging or DDP, in
+one process:
 
 1. `loop`: timed steps fed by the loader. Per step: wait = time blocked in `next(loader)`;
    step = wait + forward/backward/optimizer (CUDA synchronised at the end of each step, so the
@@ -63,20 +64,11 @@ def parse_args(argv):
 
 def load(args):
     """The validated TrainConfig from the file (or the built-in one) plus overrides."""
-    import yaml
-
-    from trainer.config import ConfigError, TrainConfig, _explain, apply_overrides
+    from trainer.config import load_config
 
     if args.config and "=" in args.config:  # no file given, only overrides
         args.overrides, args.config = [args.config] + args.overrides, None
-    raw = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else json.loads(json.dumps(DEFAULT_CONFIG))
-    raw = apply_overrides(raw, args.overrides)
-    from pydantic import ValidationError
-
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_explain(e, args.config or "the built-in config")) from None
+    return load_config(args.config or DEFAULT_CONFIG, args.overrides, name=None if args.config else "the built-in config")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dali_pipelines.loader import make_train_loader
-    from trainer.model import build_model
-
     from trainer.config import ConfigError
+    from trainer.main import train_step
+    from trainer.model import autocast_dtype, build_model
 
     try:
         cfg = load(args)
@@ -121,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(memory_format=torch.channels_last_3d)
     fwd = torch.compile(model) if cfg.model.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    amp_dtype = torch.bfloat16 if (cfg.optim.amp == "bf16" and device.type == "cuda") else None
+    amp_dtype = autocast_dtype(cfg.optim.amp, device)
     model.train()
 
     def sync():
@@ -129,15 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
 
     def step(b):
-        clips, labels = b["clips"], b["labels"]
+        clips = b["clips"]
         if cfg.model.channels_last and device.type == "cuda":
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            pred = fwd(clips)  # (B, D)
-        loss = torch.nn.functional.mse_loss(pred.float(), targets[labels])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(fwd, optimizer, clips, targets[b["labels"]], amp_dtype, cfg.optim.grad_clip)
         sync()
 
     def batches():

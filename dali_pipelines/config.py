@@ -14,9 +14,14 @@ Standardization = Literal["per_frame", "mean_std"]
 Device = Literal["auto", "gpu", "cpu"]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """The base of every config section, the loaders' and the trainer's: unknown keys fail, values
+    are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class _ClipSection(Section):
     @model_validator(mode="after")
     def _crop_fits_resize(self):
         # The crop is taken from the (optionally resized) frame; a smaller frame could never hold it.
@@ -26,7 +31,7 @@ class _Section(BaseModel):
         return self
 
 
-class TrainDataConfig(_Section):
+class TrainDataConfig(_ClipSection):
     """Training clips: one random window + random crop + flip per sample."""
 
     shards: str  # a shard directory or its _info.json (built with `python -m sharding.build --split train`)
@@ -46,7 +51,7 @@ class TrainDataConfig(_Section):
     pan_min_side: int | None = Field(None, gt=0)  # still-image shards: smallest pan/zoom window side; None = crop (the paper: 112)
 
 
-class EvalDataConfig(_Section):
+class EvalDataConfig(_ClipSection):
     """Evaluation: every video once, N clips each, centre crop."""
 
     shards: str  # a shard directory or its _info.json (built with `--split eval`: one sample per whole video)

@@ -158,6 +158,36 @@ def test_evaluate_cli_on_a_checkpoint(full_run):
     assert {r["protocol"] for r in rows} == {"all_classes", "generalized"} and rows[0]["clips"] == 2
 
 
+def test_evaluate_cli_exactly_as_the_readme_writes_it(full_run, tmp_path):
+    import re
+
+    out, _ = full_run
+    commands = [c.strip() for c in re.findall(r"python -m trainer\.evaluate [^`\n#]*", (REPO / "README.md").read_text())
+                if "[" not in c]  # the concrete examples, not the usage line
+    assert commands, "README.md shows no evaluation command"
+    shapes = {tuple(w if "=" not in w else w.split("=", 1)[0] + "=" for w in c.split()[3:]) for c in commands}
+    assert len(shapes) == 1, f"README.md writes the evaluation command in more than one way: {commands}"
+    words = commands[0].split()
+    assert words[:3] == ["python", "-m", "trainer.evaluate"]
+    config = yaml.safe_load((out.parent / "full.yaml").read_text())
+    config["run"]["out_dir"] = str(tmp_path / "eval_run")  # no checkpoints there
+    cfg_path = tmp_path / "eval.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    ckpt = out / "checkpoints" / "ckpt_0000006.pt"
+    # without a checkpoint: the error's hint is the README's syntax ...
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(cfg_path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "pass checkpoint=PATH" in r.stdout + r.stderr, r.stdout + r.stderr
+    # ... and the README's command, with this test's config and checkpoint, evaluates
+    args = [str(cfg_path) if w.endswith(".yaml") else f"checkpoint={ckpt}" if w.startswith("checkpoint=") else w
+            for w in words[3:]]
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", *args], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "eval_run" / "metrics.jsonl").read_text().splitlines()]
+    assert {x["protocol"] for x in rows} == {"all_classes", "generalized"} and {x["step"] for x in rows} == {6}
+
+
 def test_evaluate_without_training_shards_uses_the_checkpoints_classes(full_run, tmp_path):
     out, _ = full_run
     ckpt = out / "checkpoints" / "ckpt_0000006.pt"

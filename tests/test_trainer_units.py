@@ -140,3 +140,50 @@ def test_checkpoints_rotate_and_sort(tmp_path):
     assert latest_checkpoint(tmp_path).name == "ckpt_0000120.pt"
     (tmp_path / "checkpoints" / ".ckpt_0000200.pt.tmp").write_bytes(b"half")  # a killed write is ignored
     assert latest_checkpoint(tmp_path).name == "ckpt_0000120.pt"
+
+
+def test_load_config_takes_a_dict_without_changing_it():
+    raw = {"run": {"out_dir": "runs/x"}, "data": {"train": {"shards": "s"}}, "embeddings": {"vectors": "v"}}
+    cfg = load_config(raw, ["optim.lr=0.5"])
+    assert cfg.optim.lr == 0.5 and "optim" not in raw
+    with pytest.raises(ConfigError, match=r"^my dict with overrides .*\n  optim.lr_milstones: unknown key"):
+        load_config(raw, ["optim.lr_milstones=[1]"], name="my dict")
+
+
+def test_eval_loader_section_is_derived_from_the_loaders_own():
+    from dali_pipelines.config import EvalDataConfig, TrainDataConfig
+    from trainer.config import EVAL_FROM_TRAIN, EVAL_LOADER_FIELDS, EvalConfig
+
+    # every loader field comes from exactly one place: the eval section, data.train, or the call
+    assert sorted([*EVAL_LOADER_FIELDS, *EVAL_FROM_TRAIN, "shards", "num_clips"]) == sorted(EvalDataConfig.model_fields)
+    assert {"batch_size", "prefetch", "py_workers", "device"} <= set(EVAL_LOADER_FIELDS)
+    assert set(EVAL_FROM_TRAIN) <= set(TrainDataConfig.model_fields)
+    for k in EVAL_LOADER_FIELDS:
+        assert EvalConfig.model_fields[k].default == EvalDataConfig.model_fields[k].default
+    cfg = load_config({"run": {"out_dir": "r"}, "data": {"train": {"shards": "s", "crop": 32, "resize_short": 40}},
+                       "embeddings": {"vectors": "v"}, "eval": {"prefetch": 5, "sets": [{"name": "a", "shards": "t"}]}})
+    data = cfg.eval.data(cfg.eval.sets[0], cfg.data.train, 3)
+    assert (data.prefetch, data.crop, data.resize_short, data.num_clips, data.shards) == (5, 32, 40, 3, "t")
+    with pytest.raises(ConfigError, match="eval.prefetch: Input should be greater than 0"):
+        load_config({**BASE_DICT, "eval": {"prefetch": 0}})
+
+
+BASE_DICT = {"run": {"out_dir": "r"}, "data": {"train": {"shards": "s"}}, "embeddings": {"vectors": "v"}}
+
+
+def test_run_deterministic_sets_torch_and_cudnn_flags(monkeypatch):
+    from trainer.main import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    try:
+        set_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]

@@ -10,7 +10,10 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from trainer.faults import TrainingError
 
 _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
 
@@ -64,3 +67,42 @@ def backbone_state_from(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("backbone.") for k in obj):
         return {k[len("backbone."):]: v for k, v in obj.items() if k.startswith("backbone.")}
     return {k: v for k, v in obj.items() if not k.startswith("fc.")}
+
+
+def init_backbone(model: torch.nn.Module, init: str | Path) -> Path:
+    """`model.init`: load backbone weights into `model.backbone` from a checkpoint file, a torchvision
+    state_dict, or a run folder (its newest checkpoint: two-stage recipes). Returns the file used.
+
+    Raises:
+        TrainingError: a folder without checkpoints, or weights that do not fit the backbone.
+    """
+    path = Path(init)
+    if path.is_dir():
+        path = latest_checkpoint(path)
+        if path is None:
+            raise TrainingError(f"model.init {init} is a folder without checkpoints/ckpt_*.pt; "
+                                "run that stage first or point model.init at a checkpoint file")
+    missing, unexpected = model.backbone.load_state_dict(backbone_state_from(path), strict=False)
+    if missing or unexpected:
+        raise TrainingError(f"model.init {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return path
+
+
+def rng_state() -> dict:
+    """This process's torch, numpy (and CUDA) RNG states, for a checkpoint."""
+    # numpy's state as tensors and numbers, so checkpoints load with weights_only=True
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

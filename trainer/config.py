@@ -8,29 +8,26 @@ allowed. Each module is handed its own section (`make_train_loader(cfg.data.trai
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
-from dali_pipelines.config import Device, EvalDataConfig, TrainDataConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from dali_pipelines.config import EvalDataConfig, Section, TrainDataConfig
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     out_dir: str  # run folder: config.yaml, checkpoints/, tb/, metrics.jsonl, eval/
     seed: int = 0  # model initialisation and dropout; the data stream has its own seed (data.train.seed)
     log_every: int = Field(10, gt=0)  # steps between console lines and TensorBoard scalars
-    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are deterministic anyway)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN deterministic, no cuDNN benchmark (CPU runs are deterministic anyway)
     threads: int | None = Field(None, gt=0)  # torch intra-op threads per rank; None = torch's default
     sample_log: bool = False  # each rank appends the sample keys of every step to samples/rank<r>.jsonl
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train: TrainDataConfig  # its batch_size is derived: global_batch / world_size (do not set it)
     global_batch: int = Field(88, gt=0)  # clips per optimizer step over all ranks
 
@@ -42,51 +39,46 @@ class DataConfig(_Section):
         return self
 
 
-class TestSetConfig(_Section):
+class TestSetConfig(Section):
     name: str  # the name in metrics.jsonl, TensorBoard and eval/<name>_e<epoch>.npz (ucf101, hmdb51, ...)
     shards: str  # a `--split eval` shard folder or its _info.json
     generalized: bool = False  # also rank against every other class of the run, training and test (generalized zero-shot)
     seen: bool = False  # classes that were trained on (seen-class accuracy): skips the overlap check
 
 
-class EvalConfig(_Section):
+# The evaluation loaders' own settings, with EvalDataConfig's types, defaults, limits and comments: the
+# trainer's eval section is derived from the loader section, so the two cannot drift apart. The clip
+# geometry and standardization come from data.train (EVAL_FROM_TRAIN); shards and num_clips per call;
+# every other loader field (batch_size, clip_positions, num_threads, prefetch, py_workers, device, ...)
+# is an eval.* key.
+EVAL_FROM_TRAIN = ("clip_len", "stride", "crop", "resize_short", "standardization", "seed")
+EVAL_LOADER_FIELDS = tuple(k for k in EvalDataConfig.model_fields if k not in (*EVAL_FROM_TRAIN, "shards", "num_clips"))
+_EvalLoaderSection = create_model(
+    "_EvalLoaderSection", __base__=Section,
+    **{k: (EvalDataConfig.model_fields[k].annotation, EvalDataConfig.model_fields[k]) for k in EVAL_LOADER_FIELDS})
+
+
+class EvalConfig(_EvalLoaderSection):
+    # plus the EVAL_LOADER_FIELDS: see EvalDataConfig
     sets: list[TestSetConfig] = []  # test sets; their classes must not overlap the training classes by name
     every_epochs: int = Field(5, ge=0)  # quick evaluation every K epochs (0: only at the end)
     quick_clips: int = Field(1, gt=0)  # clips per video in the quick evaluations during training
     clips: int = Field(25, gt=0)  # clips per video at the end and with --eval-only
-    batch_size: int = Field(4, gt=0)  # videos per rank and step
-    clip_positions: Literal["uniform", "random"] = "uniform"  # where the clips sit in the video
-    num_threads: int = Field(2, gt=0)  # DALI threads
-    py_workers: int = Field(0, ge=0)  # processes running the sample callback (0: in the main process)
-    device: Device = "auto"  # DALI backend for evaluation
 
     def data(self, test_set: TestSetConfig, train: TrainDataConfig, clips: int) -> EvalDataConfig:
         """The loader section of one test set; clip geometry and standardization follow training."""
-        return EvalDataConfig(
-            shards=test_set.shards, batch_size=self.batch_size, num_clips=clips, clip_len=train.clip_len,
-            stride=train.stride, crop=train.crop, resize_short=train.resize_short,
-            clip_positions=self.clip_positions, standardization=train.standardization, seed=train.seed,
-            num_threads=self.num_threads, py_workers=self.py_workers, device=self.device)
+        return EvalDataConfig(shards=test_set.shards, num_clips=clips,
+                              **{k: getattr(self, k) for k in EVAL_LOADER_FIELDS},
+                              **{k: getattr(train, k) for k in EVAL_FROM_TRAIN})
 
 
-class EmbeddingConfig(_Section):
-    kind: Literal["word_vectors", "sentence_transformer"] = "word_vectors"  # how a class text becomes a vector; the head's size follows it
-    vectors: str | None = None  # kind word_vectors: fastText .bin, word2vec .bin, or .vec/.txt
-    model: str | None = None  # kind sentence_transformer: a local sentence-transformers model folder (nothing is downloaded)
+class EmbeddingConfig(Section):
+    vectors: str  # word vectors: fastText .bin, word2vec .bin, or .vec/.txt
     cache: str | None = None  # class-embedding cache (.npz); None = <out_dir>/class_embeddings.npz
     normalize_words: bool = True  # unit-normalise each word vector before the mean (the paper's code does: init_sims)
-    lemmatize_verbs: bool = False  # verbs in base form before embedding, "playing guitar" -> "play guitar" (the paper's code does)
-    class_texts: str | None = None  # YAML/JSON map class -> text or list of texts (averaged) to embed instead of the name
-
-    @model_validator(mode="after")
-    def _encoder_given(self):
-        need, other = ("model", "vectors") if self.kind == "sentence_transformer" else ("vectors", "model")
-        if getattr(self, need) is None or getattr(self, other) is not None:
-            raise ValueError(f"embeddings.kind {self.kind} takes embeddings.{need} (and not embeddings.{other})")
-        return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     backbone: Literal["r2plus1d_18", "r2plus1d_10", "custom"] = "r2plus1d_18"  # custom: widths + layers
     widths: list[int] | None = None  # custom backbone: channels of layer1..4
     layers: list[int] | None = None  # custom backbone: blocks per layer
@@ -103,7 +95,7 @@ class ModelConfig(_Section):
         return self
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     epochs: int = Field(70, gt=0)  # the schedule counts epochs; an epoch is data.train.epoch_clips clips
     lr: float = Field(1e-3, gt=0)  # Adam learning rate of the first epochs
     lr_milestones: list[int] = [40, 61]  # after these many epochs the LR is multiplied by lr_gamma
@@ -119,12 +111,12 @@ class OptimConfig(_Section):
         return self
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     every_steps: int = Field(1000, gt=0)  # also at every epoch end and on SIGTERM/SIGINT
     keep_last: int = Field(3, gt=0)  # older checkpoints are deleted
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     run: RunConfig
     data: DataConfig
     eval: EvalConfig = EvalConfig()
@@ -169,25 +161,35 @@ def _explain(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config, apply `key=value` overrides, validate.
+def load_config(source: str | Path | dict, overrides: list[str] = (), name: str | None = None) -> TrainConfig:
+    """Read a YAML config (or take a dict of the same shape), apply `key=value` overrides, validate.
+
+    Args:
+        source: a YAML file, or the parsed config as a dict (not modified: overrides apply to a copy).
+        overrides: dotted `key=value` items, values parsed as YAML.
+        name: what error messages call a dict source (default "the config").
 
     Raises:
         ConfigError: the file is missing or not YAML, or a field is unknown or invalid.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+        label = name or "the config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        label = name or str(path)
     raw = apply_overrides(raw, list(overrides))
-    source = str(path) + (f" with overrides {list(overrides)}" if overrides else "")
+    label += f" with overrides {list(overrides)}" if overrides else ""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_explain(e, source)) from None
+        raise ConfigError(_explain(e, label)) from None
 
 
 def lr_at(optim: OptimConfig, epoch: int) -> float:

@@ -66,9 +66,9 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    if not is_dist():
-        return value
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `value` over all ranks (a new tensor; `value` itself is unchanged)."""
     value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / dist.get_world_size()
+    if is_dist():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value

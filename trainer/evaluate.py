@@ -1,6 +1,11 @@
 """Zero-shot evaluation: nearest class embedding, the paper's two protocols, and the CLI.
 
     python -m trainer.evaluate configs/author.yaml checkpoint=runs/author/checkpoints/ckpt_0100000.pt
+    python -m trainer.evaluate configs/author.yaml            # the newest checkpoint in run.out_dir
+    torchrun --nproc_per_node=4 -m trainer.evaluate CONFIG checkpoint=PATH [key=value ...]
+
+The test sets are built here for both the trainer's evaluations and this command
+(`make_test_loaders`, `build_test_sets`); `trainer/main.py --eval-only` is this command.
 
 Protocol 2 (the paper's main table): top-1/top-5 over all classes of the test set.
 Protocol 1: top-1 over 10 random halves of the classes (`np.random.seed(i)`,
@@ -18,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.distributed import all_gather_objects
+from dali_pipelines.loader import make_eval_loader
+from sharding.reader import ShardError, load_shards
+from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.distributed import (all_gather_objects, broadcast_object, dist_env, init_process_group, pick_device,
+                                 print0)
+from trainer.embeddings import embeddings_for
+from trainer.faults import TrainingError, run_cli
+from trainer.model import autocast_dtype, build_model
 
 
 def topk_accuracy(pred: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, ks=(1, 5)) -> dict[str, float]:
@@ -150,17 +163,154 @@ def write_results(run_dir: Path, rows: list[dict], arrays: dict, name: str, epoc
         writer.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer.evaluate CONFIG checkpoint=PATH [key=value ...]`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ckpt = [a for a in argv if a.startswith("checkpoint=")]
-    if len(argv) < 1 or len(ckpt) != 1:
-        print("usage: python -m trainer.evaluate CONFIG checkpoint=PATH [key=value ...]", file=sys.stderr)
-        return 2
-    from trainer.main import main as trainer_main
+# ---------------------------------------------------------------------------------------- test sets
 
+def make_test_loaders(cfg: TrainConfig, clip_counts: list[int], rank: int, world_size: int, local_rank: int,
+                      device: str) -> list[dict]:
+    """One {clips per video: EvalLoader} per `eval.sets` entry (built before CUDA: loaders fork)."""
+    return [{n: make_eval_loader(cfg.eval.data(ts, cfg.data.train, n), rank, world_size, local_rank, device)
+             for n in clip_counts} for ts in cfg.eval.sets]
+
+
+def eval_train_classes(train_shards: str, checkpoint: str | Path, ckpt: dict) -> list[dict]:
+    """The training classes for an evaluation-only run: from the training shards' manifest when
+    they are here, else from the checkpoint `ckpt` loaded from `checkpoint` (ours store them;
+    `trainer.import_checkpoint` writes the paper's 664 Kinetics classes), so a checkpoint can be
+    evaluated without its training data.
+
+    Raises:
+        TrainingError: neither source has them, naming both.
+    """
+    try:
+        return load_shards(train_shards).info["classes"]
+    except ShardError as e:
+        reason = str(e)
+    classes = ckpt.get("train_classes")
+    if classes:
+        print0(f"training classes: {len(classes)} from {checkpoint} (no training shards: {reason})")
+        return classes
+    raise TrainingError(f"evaluation needs the training classes (overlap check, generalized accuracy): "
+                        f"the training shards cannot be read ({reason}) and the checkpoint "
+                        f"{checkpoint} lists none; point data.train.shards at them, or re-import the "
+                        "checkpoint with python -m trainer.import_checkpoint --train-classes FILE")
+
+
+def check_no_overlap(train_classes: list[dict], test_name: str, test_classes: list[dict]) -> None:
+    """A zero-shot test set must not contain training classes (by raw name or embedded text)."""
+    train_keys = {c["name"].lower() for c in train_classes} | {c["text"] for c in train_classes}
+    clash = [c["name"] for c in test_classes if c["name"].lower() in train_keys or c["text"] in train_keys]
+    if clash:
+        raise TrainingError(
+            f"test set '{test_name}' shares {len(clash)} classes with the training set ({clash[:5]}"
+            f"{' ...' if len(clash) > 5 else ''}): that is not zero-shot. Rebuild the training shards with "
+            "--exclude-classes (python -m trainer.class_overlap makes the list), or mark the set `seen: true`.")
+
+
+def embed_all(cfg: TrainConfig, texts: list[str], rank: int) -> np.ndarray:
+    """Class embeddings of `texts`, computed on rank 0 (one read of the vectors file) and broadcast."""
+    emb = None
+    if rank == 0:
+        cache = cfg.embeddings.cache or str(Path(cfg.run.out_dir) / "class_embeddings.npz")
+        emb = embeddings_for(cfg.embeddings, texts, cache)  # either kind; the head's size follows its dim
+    return broadcast_object(emb)
+
+
+def build_test_sets(cfg: TrainConfig, train_classes: list[dict], test_loaders: list[dict],
+                    rank: int) -> tuple[list[TestSet], np.ndarray]:
+    """Check the zero-shot sets against the training classes, embed every class of the run once, and
+    return (the test sets, the training classes' embeddings (C_train, D))."""
+    test_classes = [next(iter(loaders.values())).classes for loaders in test_loaders]
+    for ts, classes in zip(cfg.eval.sets, test_classes):
+        if not ts.seen:
+            check_no_overlap(train_classes, ts.name, classes)
+    texts = [c["text"] for c in train_classes] + [c["text"] for cl in test_classes for c in cl]
+    all_emb = embed_all(cfg, list(dict.fromkeys(texts)), rank)
+    row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    test_sets = []
+    for ts, loaders, classes in zip(cfg.eval.sets, test_loaders, test_classes):
+        own = {c["text"] for c in classes}
+        # generalized: compete with every other class of the run (training and all test sets)
+        extra = [i for t, i in row.items() if t not in own]
+        test_sets.append(TestSet(ts.name, loaders, [c["name"] for c in classes], [c["text"] for c in classes],
+                                 all_emb[[row[c["text"]] for c in classes]],
+                                 all_emb[extra] if ts.generalized else None, ts.seen))
+    return test_sets, all_emb[[row[c["text"]] for c in train_classes]]
+
+
+def evaluate_all(model, test_sets: list[TestSet], clips: int, device, amp_dtype, out_dir: Path, epoch: int,
+                 step: int, writer=None) -> None:
+    """Every test set at `clips` clips per video; rank 0 prints and writes the results."""
+    for ts in test_sets:
+        rows, arrays = evaluate_set(model, ts, clips, device, amp_dtype)
+        if dist_env()[0] == 0:
+            write_results(out_dir, rows, arrays, ts.name, epoch, step, writer)
+            for r in rows:
+                print0(f"eval {ts.name:>12} {r['protocol']:>16} clips {clips:2d}: top1 {r['top1']:6.2f}  "
+                       f"top5 {r['top5']:6.2f}  ({r['n_videos']} videos, {r['n_classes']} classes)")
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+USAGE = "usage: python -m trainer.evaluate CONFIG [checkpoint=PATH] [key=value ...]"
+
+
+def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -> int:
+    """Evaluate `checkpoint` (default: the newest in run.out_dir) on every `eval.sets` entry with
+    `eval.clips` clips per video; results go to run.out_dir (metrics.jsonl, eval/, tb/)."""
+    rank, local_rank, world_size = dist_env()
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        print0(f"error: {e}")
+        return 2
+    out_dir = Path(cfg.run.out_dir)
+    ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(out_dir)
+    if ckpt_path is None:
+        print0(f"error: no checkpoint in {out_dir / 'checkpoints'} to evaluate; pass checkpoint=PATH "
+               f"({USAGE.split(': ', 1)[1]})")
+        return 2
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed + rank)
+    np.random.seed(cfg.run.seed + rank)
+    dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
+    test_loaders = make_test_loaders(cfg, [cfg.eval.clips], rank, world_size, local_rank, dev_str)
+    device = pick_device(local_rank)
+    init_process_group(device, world_size)
+
+    ckpt = load_checkpoint(ckpt_path)
+    train_classes = eval_train_classes(cfg.data.train.shards, ckpt_path, ckpt)
+    test_sets, train_emb = build_test_sets(cfg, train_classes, test_loaders, rank)
+    model = build_model(cfg.model.backbone, train_emb.shape[1], cfg.model.dropout, cfg.model.widths,
+                        cfg.model.layers).to(device)
+    model.load_state_dict(ckpt["model"])
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    print0(f"loaded {ckpt_path} (step {ckpt['step']}, epoch {ckpt['epoch']})")
+    writer = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        import yaml
+
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        writer = SummaryWriter(str(out_dir / "tb"))
+    evaluate_all(model, test_sets, cfg.eval.clips, device, autocast_dtype(cfg.optim.amp, device), out_dir,
+                 ckpt["epoch"], ckpt["step"], writer)
+    if writer is not None:
+        writer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.evaluate CONFIG [checkpoint=PATH] [key=value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ckpt = [a.split("=", 1)[1] for a in argv if a.startswith("checkpoint=")]
     rest = [a for a in argv if not a.startswith("checkpoint=")]
-    return trainer_main([*rest, "--eval-only", f"--checkpoint={ckpt[0].split('=', 1)[1]}"])
+    if not rest or rest[0].startswith("-") or "=" in rest[0] or len(ckpt) > 1:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return run_cli(run_eval, rest[0], rest[1:], ckpt[0] if ckpt else None)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Train a zero-shot video classifier.
 
-    torchrun --nproc_per_node=4 trainer/main.py configs/author.yaml [key=value ...] [--eval-only]
+    torchrun --nproc_per_node=4 trainer/main.py configs/author.yaml [key=value ...]
     python trainer/main.py configs/demo.yaml            # one process
+    trainer/main.py CONFIG --eval-only [checkpoint=PATH] = python -m trainer.evaluate CONFIG [checkpoint=PATH]
 
 Reads top to bottom: config -> distributed env -> loaders -> device + process group -> class
 embeddings -> model -> optimizer -> resume -> DDP -> loop -> final evaluation. Re-running the same
@@ -10,11 +11,9 @@ command resumes from the newest checkpoint in run.out_dir and continues the same
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
@@ -28,83 +27,62 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dali_pipelines.loader import make_eval_loader, make_train_loader
-from trainer.checkpoint import backbone_state_from, latest_checkpoint, load_checkpoint, save_checkpoint
-from trainer.config import ConfigError, TrainConfig, load_config, lr_at
-from trainer.distributed import (any_rank, broadcast_object, dist_env, init_process_group, is_dist,
-                                 mean_over_ranks, pick_device, print0, all_gather_objects)
-from sharding.reader import ShardError, load_shards
-from trainer.embeddings import MissingWordsError, StaleCacheError, embeddings_for
-from trainer.evaluate import TestSet, evaluate_set, write_results
-from trainer.model import build_model
+from dali_pipelines.loader import make_train_loader
+from trainer.checkpoint import (init_backbone, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
+from trainer.config import ConfigError, load_config, lr_at
+from trainer.distributed import (all_gather_objects, any_rank, dist_env, init_process_group, is_dist, pick_device,
+                                 print0, sum_over_ranks)
+from trainer.evaluate import build_test_sets, evaluate_all, make_test_loaders
+from trainer.evaluate import main as evaluate_main
+from trainer.faults import TrainingError, run_cli
+from trainer.model import autocast_dtype, build_model
+from trainer.runlog import StepLog
 
 
-class TrainingError(RuntimeError):
-    """A fault that stops the run with what to do next (NaN loss, bad data, overlapping classes)."""
+def set_determinism(enabled: bool) -> None:
+    """`run.deterministic`, as torchvision's reference scripts set it: deterministic kernels only (an
+    op without one raises), cuDNN's deterministic algorithms and no cuDNN autotuning."""
+    if enabled:
+        # cuBLAS GEMMs are reproducible only with a fixed workspace (read when CUDA initialises)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
-def eval_train_classes(train_shards: str, checkpoint: str | Path | None) -> list[dict]:
-    """The training classes for an evaluation-only run: from the training shards' manifest when
-    they are here, else from the checkpoint (ours store them; `trainer.import_checkpoint` writes the
-    paper's 664 Kinetics classes), so a checkpoint can be evaluated without its training data.
+def train_step(fwd, optimizer: torch.optim.Optimizer, clips: torch.Tensor, targets: torch.Tensor,
+               amp_dtype: torch.dtype | None = None, grad_clip: float | None = None) -> tuple[torch.Tensor, bool]:
+    """One step of the paper's objective: autocast forward -> MSE between the predicted unit vectors
+    and the class embeddings `targets` (B, D) -> backward -> optional clipping -> Adam.
 
-    Raises:
-        TrainingError: neither source has them, naming both.
+    The loss and the gradient norm are checked over all ranks before `optimizer.step()`: a
+    non-finite loss, or a non-finite gradient norm on any rank (bf16 overflow can give inf
+    gradients with a finite loss), leaves the weights untouched on every rank.
+
+    Returns:
+        (loss averaged over ranks, whether the optimizer stepped).
     """
-    try:
-        return load_shards(train_shards).info["classes"]
-    except ShardError as e:
-        reason = str(e)
-    if checkpoint is not None:
-        classes = load_checkpoint(checkpoint).get("train_classes")
-        if classes:
-            print0(f"training classes: {len(classes)} from {checkpoint} (no training shards: {reason})")
-            return classes
-    raise TrainingError(f"evaluation needs the training classes (overlap check, generalized accuracy): "
-                        f"the training shards cannot be read ({reason}) and the checkpoint "
-                        f"{checkpoint} lists none; point data.train.shards at them, or re-import the "
-                        "checkpoint with python -m trainer.import_checkpoint --train-classes FILE")
+    with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        pred = fwd(clips)  # (B, D) unit vectors
+    loss = torch.nn.functional.mse_loss(pred.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # one collective for both: the loss summed over ranks and the number of ranks with a bad norm
+    both = sum_over_ranks(torch.stack([loss.detach(), (~torch.isfinite(norm)).float().to(loss.device)]))
+    loss_all = both[0] / (dist.get_world_size() if is_dist() else 1)
+    ok = bool(torch.isfinite(loss_all)) and both[1].item() == 0
+    if ok:
+        optimizer.step()
+    return loss_all, ok
 
 
-def check_no_overlap(train_classes: list[dict], test_name: str, test_classes: list[dict]) -> None:
-    """A zero-shot test set must not contain training classes (by raw name or embedded text)."""
-    train_keys = {c["name"].lower() for c in train_classes} | {c["text"] for c in train_classes}
-    clash = [c["name"] for c in test_classes if c["name"].lower() in train_keys or c["text"] in train_keys]
-    if clash:
-        raise TrainingError(
-            f"test set '{test_name}' shares {len(clash)} classes with the training set ({clash[:5]}"
-            f"{' ...' if len(clash) > 5 else ''}): that is not zero-shot. Rebuild the training shards with "
-            "--exclude-classes (python -m trainer.class_overlap makes the list), or mark the set `seen: true`.")
-
-
-def embed_all(cfg: TrainConfig, texts: list[str], rank: int) -> np.ndarray:
-    """Class embeddings of `texts`, computed on rank 0 (one read of the vectors file) and broadcast."""
-    emb = None
-    if rank == 0:
-        cache = cfg.embeddings.cache or str(Path(cfg.run.out_dir) / "class_embeddings.npz")
-        emb = embeddings_for(cfg.embeddings, texts, cache)  # either kind; the head's size follows its dim
-    return broadcast_object(emb)
-
-
-def rng_state() -> dict:
-    # numpy's state as tensors and numbers, so checkpoints load with weights_only=True
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpoint: str | None = None) -> int:
+def run(config_path: str, overrides: list[str]) -> int:
     # ---------------------------------------------------------------- config and distributed env
     rank, local_rank, world_size = dist_env()
     is_main = rank == 0
@@ -121,6 +99,7 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     out_dir = Path(cfg.run.out_dir)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    set_determinism(cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
 
@@ -136,74 +115,38 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
     signal.signal(signal.SIGINT, on_signal)
 
     # ---------------------------------------------------------------- loaders (before CUDA: they fork)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
-    dev_str = f"cuda:{local_rank}" if device_type == "cuda" else "cpu"
-    train_data = cfg.data.train.model_copy(update={"batch_size": per_rank})
-    train_loader = make_train_loader(train_data, rank, world_size, local_rank, dev_str) if not eval_only else None
-    test_loaders = []
-    for ts in cfg.eval.sets:
-        clip_counts = sorted({cfg.eval.clips} | ({cfg.eval.quick_clips} if not eval_only else set()))
-        test_loaders.append({n: make_eval_loader(cfg.eval.data(ts, cfg.data.train, n), rank, world_size,
-                                                 local_rank, dev_str) for n in clip_counts})
-
+    dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
+    train_loader = make_train_loader(cfg.data.train.model_copy(update={"batch_size": per_rank}), rank, world_size,
+                                     local_rank, dev_str)
+    clip_counts = sorted({cfg.eval.clips, cfg.eval.quick_clips})
+    test_loaders = make_test_loaders(cfg, clip_counts, rank, world_size, local_rank, dev_str)
     device = pick_device(local_rank)
     init_process_group(device, world_size)
 
-    # ---------------------------------------------------------------- classes and their embeddings
-    train_classes = (train_loader.table.info["classes"] if train_loader
-                     else eval_train_classes(cfg.data.train.shards, checkpoint or latest_checkpoint(out_dir)))
-    test_classes = [next(iter(loaders.values())).classes for loaders in test_loaders]
-    for ts, classes in zip(cfg.eval.sets, test_classes):
-        if not ts.seen:
-            check_no_overlap(train_classes, ts.name, classes)
-    texts = [c["text"] for c in train_classes] + [c["text"] for cl in test_classes for c in cl]
-    all_emb = embed_all(cfg, list(dict.fromkeys(texts)), rank)
-    row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    train_emb = all_emb[[row[c["text"]] for c in train_classes]]
-    test_sets = []
-    for ts, loaders, classes in zip(cfg.eval.sets, test_loaders, test_classes):
-        own = {c["text"] for c in classes}
-        # generalized: compete with every other class of the run (training and all test sets)
-        extra = [i for t, i in row.items() if t not in own]
-        test_sets.append(TestSet(ts.name, loaders, [c["name"] for c in classes], [c["text"] for c in classes],
-                                 all_emb[[row[c["text"]] for c in classes]],
-                                 all_emb[extra] if ts.generalized else None, ts.seen))
+    # ---------------------------------------------------------------- classes, model and optimizer
+    train_classes = train_loader.table.info["classes"]
+    test_sets, train_emb = build_test_sets(cfg, train_classes, test_loaders, rank)
     train_targets = torch.from_numpy(train_emb).to(device)  # (num_classes, D)
-
-    # ---------------------------------------------------------------- model and optimizer
     model = build_model(cfg.model.backbone, train_emb.shape[1], cfg.model.dropout, cfg.model.widths,
                         cfg.model.layers).to(device)
     if cfg.model.init:
-        init_path = Path(cfg.model.init)
-        if init_path.is_dir():  # a run folder (two-stage recipes): its newest checkpoint
-            init_path = latest_checkpoint(init_path)
-            if init_path is None:
-                raise TrainingError(f"model.init {cfg.model.init} is a folder without checkpoints/ckpt_*.pt; "
-                                    "run that stage first or point model.init at a checkpoint file")
-        missing, unexpected = model.backbone.load_state_dict(backbone_state_from(init_path), strict=False)
-        if missing or unexpected:
-            raise TrainingError(f"model.init {init_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        print0(f"model.init: backbone weights from {init_path}")
+        print0(f"model.init: backbone weights from {init_backbone(model, cfg.model.init)}")
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    amp_dtype = torch.bfloat16 if (cfg.optim.amp == "bf16" and device.type == "cuda") else None
+    amp_dtype = autocast_dtype(cfg.optim.amp, device)
 
     # ---------------------------------------------------------------- resume
     step, start_epoch = 0, 0
-    ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(out_dir)
+    ckpt_path = latest_checkpoint(out_dir)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
-        if not eval_only:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            train_loader.load_state_dict(ckpt["loader_state"])
-            set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        train_loader.load_state_dict(ckpt["loader_state"])
+        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
         step, start_epoch = ckpt["step"], ckpt["epoch"]
-        print0(f"{'loaded' if eval_only else 'resumed from'} {ckpt_path} (step {step}, epoch {start_epoch})")
-    elif eval_only:
-        print0(f"error: no checkpoint in {out_dir / 'checkpoints'} to evaluate; pass checkpoint=PATH")
-        return 2
+        print0(f"resumed from {ckpt_path} (step {step}, epoch {start_epoch})")
 
     writer = None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,15 +159,6 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
 
     ddp = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if is_dist() else model
     fwd = torch.compile(ddp) if cfg.model.compile else ddp
-
-    def evaluate(clips: int, epoch: int) -> None:
-        for ts in test_sets:
-            rows, arrays = evaluate_set(model, ts, clips, device, amp_dtype)
-            if is_main:
-                write_results(out_dir, rows, arrays, ts.name, epoch, step, writer)
-                for r in rows:
-                    print0(f"eval {ts.name:>12} {r['protocol']:>16} clips {clips:2d}: top1 {r['top1']:6.2f}  "
-                           f"top5 {r['top5']:6.2f}  ({r['n_videos']} videos, {r['n_classes']} classes)")
 
     def save(epoch: int) -> Path:
         rngs = all_gather_objects(rng_state())
@@ -241,73 +175,36 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
             dist.barrier()
         return path
 
-    if eval_only:
-        evaluate(cfg.eval.clips, start_epoch)
-        return 0
+    def evaluate(clips: int, epoch: int) -> None:
+        evaluate_all(model, test_sets, clips, device, amp_dtype, out_dir, epoch, step, writer)
 
     # ---------------------------------------------------------------- the loop
-    steps_per_epoch = train_loader.steps_per_epoch
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    print0(f"training: {world_size} ranks x {per_rank} clips, {steps_per_epoch} steps/epoch, "
+    log = StepLog(cfg, out_dir, rank, writer, device, train_loader.steps_per_epoch * cfg.optim.epochs)
+    print0(f"training: {world_size} ranks x {per_rank} clips, {train_loader.steps_per_epoch} steps/epoch, "
            f"{cfg.optim.epochs} epochs, device {device}, run {out_dir}")
     last_ckpt = latest_checkpoint(out_dir)
-    t_window, wait_window, n_window = time.time(), 0.0, 0
-    t0_run, step0 = time.time(), step
+    step0 = step
     for epoch in range(train_loader.epoch, cfg.optim.epochs):
         lr = lr_at(cfg.optim, epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
         model.train()
-        batches = iter(train_loader)
-        while True:
-            t_wait = time.time()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            wait_window += time.time() - t_wait
-            clips, labels = batch["clips"], batch["labels"]
+        for batch in log.timed(train_loader):
+            clips = batch["clips"]
             if cfg.model.channels_last:
                 clips = clips.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred = fwd(clips)  # (B, D) unit vectors
-            loss = torch.nn.functional.mse_loss(pred.float(), train_targets[labels])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            loss_all = mean_over_ranks(loss.detach())
-            if not torch.isfinite(loss_all):
+            loss, stepped = train_step(fwd, optimizer, clips, train_targets[batch["labels"]], amp_dtype,
+                                       cfg.optim.grad_clip)
+            if not torch.isfinite(loss):
                 keys = train_loader.keys(batch["index"])
                 raise TrainingError(
-                    f"loss is {loss_all.item()} at step {step + 1} (epoch {epoch + 1}); this rank's batch: "
+                    f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); this rank's batch: "
                     f"{keys[:8]}{' ...' if len(keys) > 8 else ''}. Last good checkpoint: {last_ckpt} (the newest "
                     f"written before this step; older ones are in {out_dir / 'checkpoints'}). Lower optim.lr or "
                     "set optim.grad_clip, inspect those samples (python -m dali_pipelines.dump), then re-run the "
                     "same command to resume from the newest checkpoint (delete newer ones to go further back).")
-            optimizer.step()
             step += 1
-            n_window += 1
-            if cfg.run.sample_log:
-                with open(out_dir / "samples" / f"rank{rank}.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "keys": train_loader.keys(batch["index"])}) + "\n")
-            if is_main:
-                with open(out_dir / "train_log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss_all.item(), "lr": lr}) + "\n")
-            if step % cfg.run.log_every == 0 and is_main:
-                dt = time.time() - t_window
-                clips_s = n_window * cfg.data.global_batch / dt
-                eta = (total_steps - step) * dt / n_window
-                writer.add_scalar("train/loss", loss_all.item(), step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/clips_per_s", clips_s, step)
-                writer.add_scalar("train/data_wait_fraction", wait_window / dt, step)
-                if device.type == "cuda":
-                    writer.add_scalar("train/gpu_mem_gb", torch.cuda.max_memory_allocated() / 2**30, step)
-                print0(f"epoch {epoch + 1}/{cfg.optim.epochs} step {step}/{total_steps} loss {loss_all.item():.5f} "
-                       f"lr {lr:.1e} {clips_s:.1f} clips/s data-wait {100 * wait_window / dt:.0f}% "
-                       f"ETA {eta / 60:.1f} min")
-            if step % cfg.run.log_every == 0:
-                t_window, wait_window, n_window = time.time(), 0.0, 0
+            log.step(step, epoch, loss.item(), lr, train_loader.keys(batch["index"]))
             if step % cfg.checkpoint.every_steps == 0:
                 last_ckpt = save(train_loader.epoch)
             if any_rank(stop["signal"] is not None, device):
@@ -319,8 +216,7 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
         if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 and done < cfg.optim.epochs and test_sets:
             evaluate(cfg.eval.quick_clips, done)
             model.train()
-    if is_main:
-        print0(f"trained {step - step0} steps in {(time.time() - t0_run) / 60:.1f} min")
+    print0(f"trained {step - step0} steps in {log.minutes():.1f} min")
     evaluate(cfg.eval.clips, cfg.optim.epochs)
     if writer is not None:
         writer.close()
@@ -329,21 +225,13 @@ def run(config_path: str, overrides: list[str], eval_only: bool = False, checkpo
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    eval_only = "--eval-only" in argv
-    ckpt = [a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint=")]
-    argv = [a for a in argv if a != "--eval-only" and not a.startswith("--checkpoint=")]
+    if "--eval-only" in argv or any(a.startswith("--checkpoint=") for a in argv):
+        # evaluation has one command line, trainer.evaluate's: --checkpoint=PATH is its checkpoint=PATH
+        return evaluate_main([a[2:] if a.startswith("--checkpoint=") else a for a in argv if a != "--eval-only"])
     if not argv or argv[0].startswith("-"):
-        print("usage: trainer/main.py CONFIG [key=value ...] [--eval-only [--checkpoint=PATH]]", file=sys.stderr)
+        print("usage: trainer/main.py CONFIG [key=value ...] [--eval-only [checkpoint=PATH]]", file=sys.stderr)
         return 2
-    try:
-        return run(argv[0], argv[1:], eval_only=eval_only or bool(ckpt), checkpoint=ckpt[0] if ckpt else None)
-    except (TrainingError, ShardError, StaleCacheError, MissingWordsError, FileNotFoundError, ValueError) as e:
-        # faults with a message that says what to do: no traceback, a non-zero exit on every rank
-        print(f"error (rank {os.environ.get('RANK', 0)}): {e}", file=sys.stderr, flush=True)
-        return 3
-    finally:
-        if is_dist():
-            dist.destroy_process_group()
+    return run_cli(run, argv[0], argv[1:])
 
 
 if __name__ == "__main__":

@@ -92,3 +92,8 @@ def build_model(backbone: str, embed_dim: int, dropout: float, widths=None, laye
     else:
         widths, layers = BACKBONES[backbone]
     return ZeroShotModel(R2Plus1D(tuple(widths), tuple(layers)), embed_dim, dropout)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """`optim.amp` on this device: bf16 autocast on CUDA, None (float32) elsewhere."""
+    return torch.bfloat16 if amp == "bf16" and device.type == "cuda" else None
