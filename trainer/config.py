@@ -73,9 +73,20 @@ class EvalConfig(_EvalLoaderSection):
 
 
 class EmbeddingConfig(Section):
-    vectors: str  # word vectors: fastText .bin, word2vec .bin, or .vec/.txt
+    kind: Literal["word_vectors", "sentence_transformer"] = "word_vectors"  # how a class text becomes a vector; the head's size follows it
+    vectors: str | None = None  # kind word_vectors: fastText .bin, word2vec .bin, or .vec/.txt
+    model: str | None = None  # kind sentence_transformer: a local sentence-transformers model folder (nothing is downloaded)
     cache: str | None = None  # class-embedding cache (.npz); None = <out_dir>/class_embeddings.npz
     normalize_words: bool = True  # unit-normalise each word vector before the mean (the paper's code does: init_sims)
+    lemmatize_verbs: bool = False  # verbs in base form before embedding, "playing guitar" -> "play guitar" (the paper's code does)
+    class_texts: str | None = None  # YAML/JSON map class -> text or list of texts (averaged) to embed instead of the name
+
+    @model_validator(mode="after")
+    def _encoder_given(self):
+        need, other = ("model", "vectors") if self.kind == "sentence_transformer" else ("vectors", "model")
+        if getattr(self, need) is None or getattr(self, other) is not None:
+            raise ValueError(f"embeddings.kind {self.kind} takes embeddings.{need} (and not embeddings.{other})")
+        return self
 
 
 class ModelConfig(Section):
