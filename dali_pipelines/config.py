@@ -28,6 +28,8 @@ class _ClipSection(Section):
         resize_short = getattr(self, "resize_short", None)
         if resize_short is not None and resize_short < self.crop:
             raise ValueError(f"resize_short ({resize_short}) must be >= crop ({self.crop})")
+        if getattr(self, "device", None) == "cpu" and getattr(self, "decode_device", None) == "gpu":
+            raise ValueError("decode_device 'gpu' needs device 'gpu' or 'auto' (a CPU graph decodes on the CPU)")
         return self
 
 
@@ -47,6 +49,7 @@ class TrainDataConfig(_ClipSection):
     prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
     py_workers: int = Field(0, ge=0)  # processes running the sample callback; 0 = in the main process (fastest: the callback only reads bytes and draws numbers; measured in benchmarks/RESULTS.md)
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
+    decode_device: Device = "auto"  # on a GPU graph: gpu = NVDEC, cpu = decode on the num_threads CPU threads, then crop/flip/layout on the GPU; auto = gpu (the rule: dali_pipelines.loader.resolve_decode_device)
     epoch_clips: int | None = Field(None, gt=0)  # clips per epoch (over all ranks); None = number of training videos
     pan_min_side: int | None = Field(None, gt=0)  # still-image shards: smallest pan/zoom window side; None = crop (the paper: 112)
 
@@ -68,3 +71,4 @@ class EvalDataConfig(_ClipSection):
     prefetch: int = Field(2, gt=0)  # batches DALI prepares ahead (prefetch_queue_depth)
     py_workers: int = Field(0, ge=0)  # processes running the sample callback; 0 = in the main process
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
+    decode_device: Device = "auto"  # on a GPU graph: gpu = NVDEC, cpu = decode on the num_threads CPU threads, then crop/flip/layout on the GPU; auto = gpu (the rule: dali_pipelines.loader.resolve_decode_device)

@@ -7,7 +7,8 @@ the sources (sources.py) build their tuples with `in_order`, the graphs unpack t
 with the same tuples.
 
 Device: `device="cpu"` decodes with the CPU backend (VP8/VP9/MJPEG only); `"gpu"` uses the mixed
-(NVDEC) decoder and every later operator follows its input onto the GPU. Nothing else differs.
+(NVDEC) decoder, or with `decode_device="cpu"` the CPU decoder on the pipeline's threads, and every
+later operator follows the frames onto the GPU. Nothing else differs.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def source_node(source, py_workers: int, prefetch: int) -> dict:
     return dict(zip(source.names, nodes))
 
 
-def decode_video(encoded, device: str, start_frame=None, sequence_length=None, stride=None,
-                 pad_mode: str = "edge"):
+def decode_video(encoded, device: str, decode_device: str = "gpu", start_frame=None,
+                 sequence_length=None, stride=None, pad_mode: str = "edge"):
     """The one call of DALI's video decoder (its arguments moved between DALI versions).
 
     Args:
         encoded: DataNode of (nbytes,) uint8 encoded videos (a whole container each).
-        device: "cpu" or "mixed" (NVDEC; output on the GPU).
+        device: where the graph runs, "cpu" or "gpu"; the frames are returned there.
+        decode_device: with device "gpu": "gpu" decodes with the mixed (NVDEC) decoder, "cpu" on
+            the pipeline's CPU threads and then copies the frames to the GPU, where the later
+            operators (resize, crop, flip, layout) follow them. Ignored with device "cpu".
         start_frame: None to decode every frame, else a DataNode / int: first frame of the window.
             `start_frame`, `sequence_length` and `stride` are argument inputs in DALI 2.4, so
             they may differ per sample.
@@ -83,16 +87,17 @@ def decode_video(encoded, device: str, start_frame=None, sequence_length=None, s
             video asked for 16 frames from 0 returns frames 0..9 then frame 9 six more times.
 
     Returns:
-        DataNode (F, H, W, C) uint8 RGB, layout "FHWC".
+        DataNode (F, H, W, C) uint8 RGB, layout "FHWC", on `device`.
 
     The decoder cannot seek in memory: a window costs decoding from frame 0 up to its end, which
     is why training reads keyframe-indexed ivf samples cut at the keyframe before the window
     (`sources.SampleSource.read_window`), or short segments (docs/DESIGN.md).
     """
-    if start_frame is None:
-        return fn.decoders.video(encoded, device=device)
-    return fn.decoders.video(encoded, device=device, start_frame=start_frame,
-                             sequence_length=sequence_length, stride=stride, pad_mode=pad_mode)
+    backend = "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
+    window = {} if start_frame is None else dict(start_frame=start_frame, sequence_length=sequence_length,
+                                                 stride=stride, pad_mode=pad_mode)
+    frames = fn.decoders.video(encoded, device=backend, **window)
+    return frames.gpu() if device == "gpu" and backend == "cpu" else frames
 
 
 def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization: str = "per_frame"):
@@ -148,20 +153,21 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization
 
 @pipeline_def
 def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, standardization: str,
-                py_workers: int, prefetch: int):
+                py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Training clips: one window + crop + flip per sample.
 
     Args:
         source: a `sources.TrainSource` (returns `TRAIN_INPUTS`).
+        device: "cpu" or "gpu" (every operator after the decoder runs there).
+        decode_device: "gpu" (NVDEC) or "cpu" (CPU threads) with device "gpu" (`decode_video`).
 
     Outputs (`TRAIN_OUTPUTS`): clips (C, T, crop, crop) uint8, scale and shift float32 (`augment`:
     the float clip is clips * scale + shift), label () int32, row () int64, start () int32, crop
     (2,) int32 [x, y], flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
-    frames = decode_video(x["encoded"], "mixed" if device == "gpu" else "cpu",
-                          start_frame=x["decode_start"], sequence_length=clip_len,
-                          stride=stride)  # (T, H, W, C)
+    frames = decode_video(x["encoded"], device, decode_device, start_frame=x["decode_start"],
+                          sequence_length=clip_len, stride=stride)  # (T, H, W, C)
     clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], flip=x["flip"],
                                   size=x.get("size"),
                                   standardization=standardization)  # (C, T, crop, crop) uint8
@@ -170,18 +176,19 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
 
 @pipeline_def
 def eval_graph(source, *, device: str, num_clips: int, clip_len: int, crop: int,
-               standardization: str, py_workers: int, prefetch: int):
+               standardization: str, py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Evaluation: decode each whole video once, gather its N clips, centre crop.
 
     Args:
         source: a `sources.EvalSource` (returns `EVAL_INPUTS`).
+        device, decode_device: as `train_graph`.
 
     Outputs (`EVAL_OUTPUTS`): clips (N, C, T, crop, crop) uint8, scale and shift float32
     ((N, 1, T, 1, 1) or (1, C, 1, 1, 1): the float clips are clips * scale + shift), label ()
     int32, video () int32, row () int64.
     """
     x = source_node(source, py_workers, prefetch)
-    frames = decode_video(x["encoded"], "mixed" if device == "gpu" else "cpu")  # (F, H, W, C)
+    frames = decode_video(x["encoded"], device, decode_device)  # (F, H, W, C)
     # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (docs/DESIGN.md).
     frames = fn.sequence_rearrange(frames, new_order=x["frame_idx"])  # (N*T, H, W, C)
     clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"),

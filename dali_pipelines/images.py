@@ -173,14 +173,17 @@ class ImageTrainSampler:
         return self.draw_at(*self.stream.locate(n))
 
 
-def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_size=None):
+def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_size=None,
+             decode_device: str = "gpu"):
     """Decode one image per sample and render its T-frame pan/zoom.
 
     Args:
         encoded: DataNode (nbytes,) uint8 encoded images.
         matrix: DataNode (T, 2, 3) float32 per sample: each frame's destination-to-source affine
             map (`window_matrices`), a per-frame argument of one `fn.warp_affine`.
-        device: "cpu" or "gpu" (decode with the 'mixed' nvJPEG decoder; later ops on the GPU).
+        device: "cpu" or "gpu" (later ops on the GPU).
+        decode_device: with device "gpu": "gpu" decodes with the mixed (nvJPEG) decoder, "cpu" on
+            the CPU threads and copies the image to the GPU. Ignored with device "cpu".
         clip_len: T.
         size: output side.
         image_size: None, or DataNode (2,) float32 [width, height] per sample: resize the image
@@ -195,8 +198,10 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_si
     (zooming out of a 512-pixel image to 112) would alias fine textures, which is what the
     per-sample antialiased resize to `image_size` prevents (the training source always passes it).
     """
-    image = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
-                              output_type=types.RGB)  # (H, W, C)
+    on_gpu = device == "gpu" and decode_device == "gpu"
+    image = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)  # (H, W, C)
+    if device == "gpu" and not on_gpu:
+        image = image.gpu()
     if image_size is not None:
         image = fn.resize(image, resize_x=image_size[0], resize_y=image_size[1], antialias=True)
     seq = fn.expand_dims(image, axes=[0], new_axis_names="F")  # (H,W,C) -> (1,H,W,C)
@@ -207,18 +212,19 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_si
 
 @pipeline_def
 def image_train_graph(source, *, device: str, clip_len: int, crop: int, standardization: str,
-                      py_workers: int, prefetch: int):
+                      py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Pseudo-video training clips from still images.
 
     Args:
         source: a `sources.ImageTrainSource` (returns `IMAGE_INPUTS`).
+        device, decode_device: as `graphs.train_graph` (`pan_zoom`).
 
     Outputs: `graphs.TRAIN_OUTPUTS`, as `graphs.train_graph`: clips (C, T, crop, crop) uint8,
     scale, shift, label () int32, row () int64, start () int32, crop (2,) int32, flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
     frames = pan_zoom(x["encoded"], x["matrix"], device=device, clip_len=clip_len, size=crop,
-                      image_size=x["size"])  # (T, crop, crop, C)
+                      image_size=x["size"], decode_device=decode_device)  # (T, crop, crop, C)
     # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
     clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=x["flip"],
                                   standardization=standardization)  # (C, T, crop, crop) uint8

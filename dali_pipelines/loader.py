@@ -44,12 +44,35 @@ def resolve_device(cfg_device: str, device: torch.device | str) -> str:
     return cfg_device
 
 
+def resolve_decode_device(cfg_decode_device: str, graph_device: str) -> str:
+    """Where the graph decodes, 'cpu' or 'gpu', from the config's `decode_device` and the graph's
+    device (`resolve_device`).
+
+    The `auto` rule: decode where the graph runs, so NVDEC on a GPU graph. The CPU decoder can
+    win on small frames (DALI issue 5888; torchcodec PR 344: 9x at 480x270 for sparse seeks), but
+    no figure of ours from a GPU node says so yet: `python -m benchmarks.gpu_check` measures both,
+    and this rule changes only on its figures.
+
+    >>> resolve_decode_device("auto", "gpu"), resolve_decode_device("cpu", "gpu")
+    ('gpu', 'cpu')
+    >>> resolve_decode_device("auto", "cpu")
+    'cpu'
+    """
+    if graph_device == "cpu":
+        if cfg_decode_device == "gpu":
+            raise ValueError("decode_device 'gpu' needs the graph on the GPU; the data device "
+                             "resolved to 'cpu' (set decode_device: auto or cpu, or run on CUDA)")
+        return "cpu"
+    return "gpu" if cfg_decode_device == "auto" else cfg_decode_device
+
+
 def _pipeline_kwargs(cfg, graph_device: str, local_rank: int) -> dict:
     return dict(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                 device_id=local_rank if graph_device == "gpu" else None,
                 prefetch_queue_depth=cfg.prefetch, py_num_workers=max(cfg.py_workers, 1),
                 py_start_method="fork", device=graph_device, py_workers=cfg.py_workers,
-                prefetch=cfg.prefetch)
+                prefetch=cfg.prefetch,
+                decode_device=resolve_decode_device(cfg.decode_device, graph_device))
 
 
 def standardize(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -59,6 +82,25 @@ def standardize(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -
     arithmetic and than `torch.addcmul` with a uint8 operand (benchmarks/RESULTS.md).
     """
     return clips.float().mul_(scale).add_(shift)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One output of DALI's iterator on the rank's device, safe to keep after DALI's next run.
+
+    The iterator's outputs are zero-copy views of DALI's buffers (its dynamic executor). A view
+    keeps its buffer alive, so on the CPU it is returned as is. A host view bound for CUDA is
+    first copied into torch's own pinned memory: an asynchronous copy straight from the view
+    would still be reading it after the view is dropped, and DALI could refill the buffer first
+    (wrong labels); torch's pinned allocator keeps its block until the copy has run, so the
+    copy can stay `non_blocking` and overlap the GPU's work. A CUDA output stays where it is.
+
+    Args:
+        t: a tensor from `DALIGenericIterator`.
+        device: the rank's torch device.
+    """
+    if device.type != "cuda" or t.is_cuda:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class _Loader:
@@ -79,7 +121,7 @@ class _Loader:
         if self._iter is None:
             # Building runs the first batches (prefetch), so the offset must be final by now.
             self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
-        out = {k: v.to(self.device, non_blocking=True) for k, v in next(self._iter)[0].items()}
+        out = {k: to_device(v, self.device) for k, v in next(self._iter)[0].items()}
         out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
         return out
 

@@ -13,17 +13,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 from videos import write_video  # noqa: E402
 
 
-def pytest_collection_modifyitems(config, items):
+def cuda_device_count() -> int:
+    """GPUs visible to this process, counted through NVML: unlike `torch.cuda.is_available()`
+    (cudaGetDeviceCount), this does not initialise the CUDA driver, after which DALI refuses to
+    fork the source workers of every later test with `py_workers >= 1`."""
     try:
         import torch
-        has_cuda = torch.cuda.is_available()
+        return torch.cuda.device_count()
     except Exception:
-        has_cuda = False
-    if not has_cuda:
+        return 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if not cuda_device_count():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_only_unless_gpu_test(request, monkeypatch):
+    """Tests not marked `gpu` run on the CPU on a GPU host too: the subprocesses they start
+    (torchrun, the trainer, the benchmarks) inherit CUDA_VISIBLE_DEVICES="" and pick the CPU (a
+    2-rank torchrun would otherwise pick CUDA and ask for cuda:1 on a 1-GPU host)."""
+    if "gpu" not in request.keywords:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 # (relative path, kwargs for write_video) of the good inputs, and what each should become

@@ -269,6 +269,44 @@ def test_mixed_graph_matches_cpu_graph(shard_sets, layout):
     assert diff.mean() < 0.05 and diff.max() < 1.0
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["train", "train_segments", "eval"])
+def test_cpu_decode_gpu_ops_matches_cpu_graph(shard_sets, layout):
+    """decode_device: cpu on a GPU graph: the same CPU decoder, then resize/crop/flip/layout and the
+    statistics on the GPU: equal to the CPU graph up to float rounding."""
+    if layout == "eval":
+        base = dict(shards=str(shard_sets["eval"]), batch_size=3, num_clips=3, py_workers=0)
+        cpu = next(iter(make_eval_loader(EvalDataConfig(device="cpu", **base), 0, 1, 0, "cpu")))
+        gpu = next(iter(make_eval_loader(EvalDataConfig(device="gpu", decode_device="cpu", **base),
+                                         0, 1, 0, "cuda:0")))
+        keys = ("index", "video", "labels")
+    else:
+        # no resize: every GPU op after the decoder is then exact (slice, uint8 mirror/transpose)
+        # or float statistics, so the tolerance can be float rounding, not interpolation
+        base = dict(shards=str(shard_sets[layout]), batch_size=4, epoch_clips=8, seed=1, py_workers=0)
+        cpu = next(iter(make_train_loader(TrainDataConfig(device="cpu", **base), 0, 1, 0, "cpu")))
+        gpu = next(iter(make_train_loader(TrainDataConfig(device="gpu", decode_device="cpu", **base),
+                                          0, 1, 0, "cuda:0")))
+        keys = ("index", "labels", "start", "crop_x", "crop_y", "flip")
+    assert gpu["clips"].is_cuda
+    for k in keys:
+        assert torch.equal(cpu[k], gpu[k].cpu()), k
+    np.testing.assert_array_less((cpu["clips"] - gpu["clips"].cpu()).abs().max().item(), 1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_loader_labels_stay_right_across_many_batches(shard_sets):
+    """The host outputs (labels, index) cross to CUDA through torch's pinned memory, never as an
+    asynchronous copy of a DALI buffer DALI may refill: every batch's labels match its rows."""
+    table = load_shards(shard_sets["train"])
+    cfg = TrainDataConfig(shards=str(shard_sets["train"]), batch_size=4, epoch_clips=64, py_workers=1,
+                          device="gpu", prefetch=3)
+    for batch in make_train_loader(cfg, 0, 1, 0, "cuda:0"):
+        assert batch["labels"].is_cuda
+        expected = torch.as_tensor(table.columns["labels"][batch["index"].cpu().numpy()])
+        assert torch.equal(batch["labels"].cpu(), expected)
+
+
 def test_dump_takes_a_run_configs_data_settings(shard_sets, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"data:\n  train:\n    shards: {shard_sets['train']}\n    clip_len: 4\n    stride: 2\n"

@@ -1,0 +1,89 @@
+"""The GPU path's CPU-checkable parts: no CUDA driver initialisation where DALI forks later, CPU
+tests pinned to the CPU, and the `decode_device` option's rules and graph construction."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from nvidia.dali import Pipeline, fn
+
+from conftest import cuda_device_count
+from dali_pipelines.config import EvalDataConfig, TrainDataConfig
+from dali_pipelines.graphs import TRAIN_INPUTS, TRAIN_OUTPUTS, decode_video, train_graph
+from dali_pipelines.loader import resolve_decode_device
+
+
+@pytest.fixture
+def gpu_host_without_driver_init(monkeypatch):
+    """Pretend NVML sees 2 GPUs, and fail loudly on anything that would initialise the driver."""
+    def init(*_):
+        raise AssertionError("initialised the CUDA driver (cudaGetDeviceCount)")
+
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 2)
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", init)
+    monkeypatch.setattr(torch.cuda, "is_available", init)
+
+
+def test_conftest_counts_gpus_without_initialising_cuda(gpu_host_without_driver_init):
+    assert cuda_device_count() == 2
+
+
+def test_cpu_tests_and_their_subprocesses_see_no_gpu():
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    r = subprocess.run([sys.executable, "-c", "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "''"
+
+
+def test_decode_device_rules():
+    assert resolve_decode_device("auto", "gpu") == "gpu"
+    assert resolve_decode_device("cpu", "gpu") == "cpu"
+    assert resolve_decode_device("gpu", "gpu") == "gpu"
+    assert resolve_decode_device("auto", "cpu") == resolve_decode_device("cpu", "cpu") == "cpu"
+    with pytest.raises(ValueError, match="decode_device 'gpu' needs the graph on the GPU"):
+        resolve_decode_device("gpu", "cpu")  # device auto on a CPU rank
+    for section in (TrainDataConfig, EvalDataConfig):
+        assert section(shards="x").decode_device == "auto"
+        with pytest.raises(ValueError, match="decode_device 'gpu' needs device 'gpu' or 'auto'"):
+            section(shards="x", device="cpu", decode_device="gpu")
+
+
+@pytest.mark.parametrize("decode_device,decoder_on", [("cpu", "cpu"), ("gpu", "gpu")])
+def test_gpu_graph_places_the_decoder(decode_device, decoder_on):
+    """Graph definition needs no GPU (building does): the decoder runs where decode_device says and
+    the frames end on the GPU either way."""
+    with Pipeline(batch_size=2, num_threads=1, device_id=0):
+        encoded = fn.external_source(name="encoded")
+        frames = decode_video(encoded, "gpu", decode_device, start_frame=0, sequence_length=4, stride=1)
+    assert frames.device == "gpu"
+    assert frames.source.outputs[0].device == decoder_on  # the decoder's own output
+    with Pipeline(batch_size=2, num_threads=1, device_id=None):
+        frames = decode_video(fn.external_source(name="encoded"), "cpu", decode_device)
+    assert frames.device == "cpu"  # a CPU graph ignores decode_device
+
+
+class _NamesOnly:
+    """Stands in for a TrainSource at graph definition (the graph reads only `names`)."""
+
+    names = TRAIN_INPUTS[:-1]
+
+    def __call__(self, sample_info):  # never called: the pipeline is not built
+        raise AssertionError
+
+
+def test_train_graph_with_cpu_decode_defines_gpu_outputs():
+    """The whole training graph, defined for a GPU with CPU decoding: the image outputs are on
+    the GPU, the source's numbers stay on the CPU."""
+    with Pipeline(batch_size=2, num_threads=1, device_id=0):
+        outs = train_graph.__wrapped__(_NamesOnly(), device="gpu", decode_device="cpu", clip_len=4,
+                                       stride=1, crop=32, standardization="per_frame", py_workers=0,
+                                       prefetch=2)
+    devices = dict(zip(TRAIN_OUTPUTS, (o.device for o in outs)))
+    assert devices == {"clips": "gpu", "scale": "gpu", "shift": "gpu", "label": "cpu", "row": "cpu",
+                       "start": "cpu", "crop": "cpu", "flip": "cpu"}
+    assert np.all([o is not None for o in outs])
