@@ -201,11 +201,13 @@ def verb_base_form(word: str) -> str:
     The paper's code asks WordNet whether the word has any verb sense and, if so, takes WordNet's
     verb lemma. WordNet's data is a separate download, so this uses lemminflect's own lexicon (it
     ships with the package) the same way: a word the lexicon lists with a verb reading becomes that
-    verb's lemma; other words, and words it does not list at all, stay as they are. README
-    ("Class names") lists where the two lexicons differ on the shipped class lists.
+    verb's lemma; other words, and words it does not list at all, stay as they are. A form that is
+    itself one of its verb lemmas stays too ("saw": see or saw), as with NLTK's WordNet lemmatizer,
+    which takes the shortest candidate and, on a tie, the form itself. README ("Class names") lists
+    where the two lexicons differ on the shipped class lists.
 
-    >>> [verb_base_form(w) for w in ("playing", "dying", "dogs", "guitar", "skydiving")]
-    ['play', 'die', 'dog', 'guitar', 'skydiving']
+    >>> [verb_base_form(w) for w in ("playing", "dying", "dogs", "guitar", "saw", "skydiving")]
+    ['play', 'die', 'dog', 'guitar', 'saw', 'skydiving']
 
     Args:
         word: one lower-case word.
@@ -216,7 +218,9 @@ def verb_base_form(word: str) -> str:
     from lemminflect import getAllLemmas  # imported here: loading its tables takes ~0.3 s
 
     lemmas = getAllLemmas(word).get("VERB")
-    return lemmas[0] if lemmas else word
+    if not lemmas or word in lemmas:
+        return word
+    return lemmas[0]
 
 
 def embedding_words(text: str, drop_stop_words: bool = True, lemmatize: bool = False) -> list[str]:
