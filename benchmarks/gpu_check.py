@@ -319,7 +319,10 @@ def step_loader(args) -> dict:
     if cuda:
         for batch in batches:
             res = args.out / "work" / f"dataloader_b{batch}.json"
-            r = subprocess.run([sys.executable, "-m", "benchmarks.loader", "--shards", str(shards),
+            # benchmarks.loader's own synthetic set (the data step's, reused from the cache) and its
+            # webm twin: decord cannot open the ivf layout
+            r = subprocess.run([sys.executable, "-m", "benchmarks.loader", "--cache-dir",
+                                str(_data_dir(args) / "cache"), "--videos", "32", "--frames", "250",
                                 "--loaders", "dataloader_decord", "--device", "gpu", "--batch-size", str(batch),
                                 "--seconds", str(seconds), "--windows", "2", "--no-ceiling", "--no-plot",
                                 "--json", str(res)], capture_output=True, text=True, cwd=REPO)
