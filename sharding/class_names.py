@@ -203,7 +203,7 @@ def verb_base_form(word: str) -> str:
     ships with the package) the same way: a word the lexicon lists with a verb reading becomes that
     verb's lemma; other words, and words it does not list at all, stay as they are. A form that is
     itself one of its verb lemmas stays too ("saw": see or saw), as with NLTK's WordNet lemmatizer,
-    which takes the shortest candidate and, on a tie, the form itself. README ("Class names") lists
+    which takes the shortest candidate and, on a tie, the form itself. README ("Class text") lists
     where the two lexicons differ on the shipped class lists.
 
     >>> [verb_base_form(w) for w in ("playing", "dying", "dogs", "guitar", "saw", "skydiving")]
