@@ -37,6 +37,7 @@ class TrainDataConfig(_ClipSection):
     """Training clips: one random window + random crop + flip per sample."""
 
     shards: str  # a shard directory or its _info.json (built with `python -m sharding.build --split train`)
+    verify: Literal["size", "sha256"] = "size"  # start-up check of every tar: its size, or also its sha256 (hashed once, cached beside the shards by path, size, mtime: sharding.reader.check_sha256)
     batch_size: int = Field(22, gt=0)  # clips per rank and step (global batch = batch_size * world_size)
     clip_len: int = Field(16, gt=0)  # frames per clip (T)
     stride: int = Field(1, gt=0)  # temporal stride between the clip's frames
@@ -58,6 +59,7 @@ class EvalDataConfig(_ClipSection):
     """Evaluation: every video once, N clips each, centre crop."""
 
     shards: str  # a shard directory or its _info.json (built with `--split eval`: one sample per whole video)
+    verify: Literal["size", "sha256"] = "size"  # start-up check of every tar: its size, or also its sha256 (hashed once, cached beside the shards by path, size, mtime: sharding.reader.check_sha256)
     batch_size: int = Field(4, gt=0)  # videos per rank and step
     num_clips: int = Field(25, gt=0)  # clips per video (N)
     clip_len: int = Field(16, gt=0)  # frames per clip (T)

@@ -148,7 +148,7 @@ class TrainLoader(_Loader):
     def __init__(self, cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):
         self.cfg = cfg
-        self.table = load_shards(cfg.shards, split="train")
+        self.table = load_shards(cfg.shards, split="train", verify=cfg.verify)
         graph_device = resolve_device(cfg.device, device)
         if is_image_set(self.table.info):
             # still images (sharding.build --layout images): camera-motion pseudo-videos; stride
@@ -239,7 +239,7 @@ class EvalLoader(_Loader):
     def __init__(self, cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
                  device: torch.device | str):
         self.cfg = cfg
-        self.table = load_shards(cfg.shards, split="eval")
+        self.table = load_shards(cfg.shards, split="eval", verify=cfg.verify)
         if is_image_set(self.table.info):
             raise ShardError(f"{cfg.shards}: a still-image shard set (--layout images) cannot be an "
                              "evaluation set; evaluate on videos")

@@ -524,3 +524,33 @@ def test_full_disk_exits_clearly_and_resumes_identically(small_tree, clean_build
         assert shas(out) == shas(clean_build)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_shard_truncated_after_start_up_is_named_by_the_reader(clean_build, tmp_path):
+    from sharding.reader import SampleReader
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    table = load_shards(out)
+    tar = Path(table.tar_paths[0])
+    with open(tar, "r+b") as f:
+        f.truncate(int(table.columns["offset"][0]) + 10)
+    with SampleReader(table) as reader, pytest.raises(ShardError, match=rf"{tar.name}: short read at byte"):
+        reader.read(0)
+
+
+def test_run_config_data_verify_sha256_stops_the_loader_at_start_up(clean_build, tmp_path):
+    from dali_pipelines.config import TrainDataConfig
+    from dali_pipelines.loader import TrainLoader
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    tar = out / json.loads((out / "_info.json").read_text())["shards"][1]["path"]
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 1
+    tar.write_bytes(bytes(data))
+    cfg = TrainDataConfig(shards=str(out), batch_size=2, crop=64, verify="sha256")
+    with pytest.raises(ShardError, match=rf"{tar.name}: sha256 differs"):
+        TrainLoader(cfg, rank=0, world_size=1, local_rank=0, device="cpu")
+    with pytest.raises(ValueError, match="verify"):
+        TrainDataConfig(shards=str(out), verify="md5")
