@@ -214,3 +214,16 @@ def test_sentence_encoder_run_with_class_texts(run, tmp_path):
         pred, top1 = _stored_for({**run, "stored": stored}, cls)
         np.testing.assert_array_less(np.abs(np.array(rec["embedding"]) - pred).max(), 1e-4)
         assert rec["top"][0]["label"] == top1
+
+
+def test_export_of_a_checkpoint_without_config_needs_one(run, tmp_path):
+    ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
+    bare = tmp_path / "imported.pt"
+    torch.save({"model": ckpt["model"], "train_classes": TRAIN_CLASSES}, bare)  # as import_checkpoint writes
+    with pytest.raises(export_cli.ExportError, match="--config"):
+        export_cli.release_from_checkpoint(bare)
+    got = export_cli.release_from_checkpoint(bare, config=run["root"] / "run.yaml")
+    want = export_cli.release_from_checkpoint(run["ckpt"])
+    for key in ("model_config", "eval", "build", "embeddings", "amp"):
+        assert got[key] == want[key], key
+    assert export_cli.main([str(bare), str(tmp_path / "m.pt")]) == 2

@@ -2,6 +2,7 @@
 
     python -m trainer.export runs/author model.pt                 # the run's newest checkpoint
     python -m trainer.export runs/author/checkpoints/ckpt_0050000.pt model.pt [--shards shards/ucf101]
+    python -m trainer.export runs/authors/ckpt_authors.pt model.pt --config configs/author.yaml   # imported
 
 The file is a plain dict of tensors, strings, numbers, lists and dicts (no optimizer state, no RNG
 states, no pickled objects), so it loads with `torch.load(path, weights_only=True)`. Its keys
@@ -38,7 +39,7 @@ import torch
 from pydantic import ValidationError
 
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.config import TestSetConfig, TrainConfig
+from trainer.config import ConfigError, TestSetConfig, TrainConfig, load_config
 from trainer.embeddings import load_class_texts, vectors_fingerprint
 
 FORMAT = "zsvideo-model"
@@ -132,22 +133,34 @@ def _model_config(cfg: TrainConfig, state: dict) -> dict:
             "dropout": cfg.model.dropout, "embed_dim": int(state["regressor.weight"].shape[0])}
 
 
-def release_from_checkpoint(path: str | Path, shards: str | Path | None = None) -> dict:
+def release_from_checkpoint(path: str | Path, shards: str | Path | None = None,
+                            config: str | Path | None = None) -> dict:
     """The release dict of one of our checkpoints (or a run folder's newest one).
 
     Args:
         path: the checkpoint or run folder.
         shards: see `build_settings`.
+        config: a run config (YAML) to use instead of the checkpoint's own: needed for checkpoints
+            without one (`trainer.import_checkpoint`'s).
 
     Raises:
-        ExportError: not one of our checkpoints, or the build settings cannot be found.
+        ExportError: not one of our checkpoints, no config, or the build settings cannot be found.
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ExportError(f"{ckpt_path} is neither one of our checkpoints (keys model, config) nor a "
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ExportError(f"{ckpt_path} is neither one of our checkpoints (a model state_dict) nor a "
                           f"release file (format {FORMAT!r}); got keys {sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__}")
-    cfg = _run_config(ckpt["config"], ckpt_path)
+    if config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as e:
+            raise ExportError(str(e)) from None
+    elif "config" in ckpt:
+        cfg = _run_config(ckpt["config"], ckpt_path)
+    else:
+        raise ExportError(f"{ckpt_path} holds no run config (an imported checkpoint?): pass --config with "
+                          "the config it is used with (e.g. configs/author.yaml)")
     state = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
     eval_data = cfg.eval.data(TestSetConfig(name="predict", shards="-"), cfg.data.train, cfg.eval.clips)
     emb = cfg.embeddings.model_dump(mode="json")
@@ -170,7 +183,7 @@ def release_from_checkpoint(path: str | Path, shards: str | Path | None = None) 
     }
 
 
-def load_release(path: str | Path, shards: str | Path | None = None) -> dict:
+def load_release(path: str | Path, shards: str | Path | None = None, config: str | Path | None = None) -> dict:
     """A release file as written by `export`, or the same dict made from a checkpoint / run folder.
 
     Raises:
@@ -183,12 +196,13 @@ def load_release(path: str | Path, shards: str | Path | None = None) -> dict:
             raise ExportError(f"{path}: release format_version {obj.get('format_version')}, this code reads "
                               f"{FORMAT_VERSION}; export it again from its checkpoint")
         return obj
-    return release_from_checkpoint(path, shards)
+    return release_from_checkpoint(path, shards, config)
 
 
-def export(src: str | Path, out: str | Path, shards: str | Path | None = None) -> dict:
+def export(src: str | Path, out: str | Path, shards: str | Path | None = None,
+           config: str | Path | None = None) -> dict:
     """Write the release file of `src` (a checkpoint or run folder) to `out`; returns the dict."""
-    release = release_from_checkpoint(src, shards)
+    release = release_from_checkpoint(src, shards, config)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -204,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the release file to write (e.g. model.pt)")
     p.add_argument("--shards", help="an eval shard set whose build settings predict should use (default: "
                                     "the run's eval sets)")
+    p.add_argument("--config", help="the run config to use instead of the checkpoint's own (needed for "
+                                    "imported checkpoints, which have none)")
     args = p.parse_args(argv)
     try:
-        release = export(args.src, args.out, args.shards)
+        release = export(args.src, args.out, args.shards, args.config)
     except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vectors", help="the run's vectors file / model folder, if it moved since training")
     p.add_argument("--shards", help="with a checkpoint: an eval shard set whose build settings to use "
                                     "(default: the run's eval sets)")
+    p.add_argument("--config", help="with a checkpoint: the run config to use instead of its own (imported "
+                                    "checkpoints have none)")
     args = p.parse_args(argv)
     try:
         if args.top_k < 1:
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PredictError(f"--device {args.device!r}: {e}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise PredictError(f"--device {args.device}: CUDA is not available here; use --device cpu")
-        release = load_release(args.checkpoint, args.shards)
+        release = load_release(args.checkpoint, args.shards, args.config)
         label_emb = embed_labels(release["embeddings"], texts, args.vectors)
         if label_emb.shape[1] != release["model_config"]["embed_dim"]:
             raise PredictError(f"the text encoder gives {label_emb.shape[1]}-d embeddings but the model's head "
