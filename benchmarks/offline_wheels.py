@@ -36,6 +36,9 @@ DALI_HELPERS = ["astunparse", "gast", "optree", "nvtx", "makefun", "libcst"]
 # The project's imports that GPU images (NGC PyTorch, the pytorch/pytorch images) do not ship.
 PROJECT = ["av", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions",
            "webdataset", "braceexpand", "fasttext-numpy2", "pybind11", "psutil", "pyyaml"]
+# Dependencies of the above that most images have: in the folder for pip to fall back on, but not in
+# the requirements files (so an image's own copy is kept). numpy is assumed (torchvision needs it).
+FALLBACKS = ["six", "packaging<=26.3", "wheel", "setuptools"]
 PLATFORMS = {"x86_64": ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                         "manylinux2014_x86_64"],
              "aarch64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     wheels = args.out / "wheels"
-    specs = list(dict.fromkeys(s for reqs in sets.values() for s in reqs))
+    specs = list(dict.fromkeys([s for reqs in sets.values() for s in reqs]
+                               + [pinned(s, dali_version) for s in FALLBACKS]))
     if args.dry_run:
         for spec in specs:
             print(" ".join(download_command(spec, wheels, args.python, args.arch)))
