@@ -227,3 +227,15 @@ def test_export_of_a_checkpoint_without_config_needs_one(run, tmp_path):
     for key in ("model_config", "eval", "build", "embeddings", "amp"):
         assert got[key] == want[key], key
     assert export_cli.main([str(bare), str(tmp_path / "m.pt")]) == 2
+
+
+def test_another_or_missing_text_encoder_is_refused(run, tmp_path, capsys):
+    video = str(run["videos"][TEST_CLASSES[0]])
+    other = tmp_path / "other.vec"
+    lines = VECTORS.read_text().splitlines()
+    other.write_text("\n".join(lines[:-1] + [lines[-1].rsplit(" ", 1)[0] + " 0.5"]) + "\n")  # one value changed
+    args = ["--checkpoint", str(run["ckpt"]), "--labels", "red square, blue circle", video]
+    assert predict_cli.main([*args, "--vectors", str(other)]) == 2
+    assert "is not the text encoder the model was trained with" in capsys.readouterr().err
+    assert predict_cli.main([*args, "--vectors", str(tmp_path / "gone.vec")]) == 2
+    assert "pass --vectors PATH" in capsys.readouterr().err
