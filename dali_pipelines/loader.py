@@ -118,12 +118,46 @@ class _Loader:
             pipe.start_py_workers()
 
     def _next(self) -> dict[str, torch.Tensor]:
-        if self._iter is None:
-            # Building runs the first batches (prefetch), so the offset must be final by now.
-            self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
-        out = {k: to_device(v, self.device) for k, v in next(self._iter)[0].items()}
+        try:
+            if self._iter is None:
+                # Building runs the first batches (prefetch), so the offset must be final by now.
+                self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
+            batch = next(self._iter)[0]
+        except RuntimeError as e:
+            if "decoders" not in str(e):
+                raise
+            raise ShardError(self._decode_failure(str(e))) from e
+        out = {k: to_device(v, self.device) for k, v in batch.items()}
         out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
         return out
+
+    def _in_flight(self) -> list[tuple[int, int | None, int | None]]:
+        """(row, window start, span) of every sample the pipeline may be decoding now; start None:
+        the whole member. Subclasses that can say it override this."""
+        return []
+
+    def _decode_failure(self, dali_error: str) -> str:
+        """A DALI decode error, with the shard, sample keys and byte ranges it came from: the
+        samples in flight whose bytes PyAV cannot decode either, else all of them."""
+        from sharding.verify import decode_error  # PyAV: only on this error path
+
+        reader, keys = self.source.reader, self.table.columns["keys"]
+        named, suspects = {}, {}
+        for row, start, span in dict.fromkeys(self._in_flight()):
+            tar, begin, end = reader.byte_range(row, start, span)
+            what = f"{keys[row]} ({tar} bytes [{begin}, {end}))"
+            if what in named or what in suspects:
+                continue  # two windows of one video can share a cut
+            data = reader.read(row) if start is None else reader.read_window(row, start, span)[0]
+            why = decode_error(data)
+            (named if why else suspects)[what] = why
+        first = next((ln.strip() for ln in dali_error.splitlines() if "failed" in ln.lower()), "")
+        fix = (f"check the set with `python -m sharding.verify {self.table.root}` and rebuild the shard "
+               "(`python -m sharding.build` with the build's arguments and --verify-existing)")
+        if named:
+            return f"a sample does not decode ({first}): {'; '.join(f'{k}: {v}' for k, v in named.items())}; {fix}"
+        return (f"decoding failed in DALI ({first}); the samples in flight were: "
+                f"{'; '.join(suspects) or 'unknown'}; {fix}")
 
     @property
     def started(self) -> bool:
@@ -185,6 +219,13 @@ class TrainLoader(_Loader):
     def epoch(self) -> int:
         """The epoch the next batch belongs to."""
         return self.position // self.steps_per_epoch
+
+    def _in_flight(self):
+        if not isinstance(self.sampler, TrainSampler):
+            return []  # still images: DALI names the JPEG decoder's error itself
+        bs = self.cfg.batch_size  # batch p holds the rank's samples p*bs .. p*bs + bs - 1
+        return [(d.row, d.start, self.sampler.span) for d in map(
+            self.sampler.draw, range(self.position * bs, (self.position + self.cfg.prefetch + 1) * bs))]
 
     def keys(self, index: torch.Tensor) -> list[str]:
         """Sample keys of the table rows in a batch's `index` (for error messages)."""
@@ -258,6 +299,10 @@ class EvalLoader(_Loader):
 
     def __len__(self) -> int:
         return self.sampler.num_batches
+
+    def _in_flight(self):
+        bs, b = self.cfg.batch_size, self._consumed
+        return [(self.sampler.draw(n).row, None, None) for n in range(b * bs, (b + self.cfg.prefetch + 1) * bs)]
 
     @property
     def classes(self) -> list[dict]:

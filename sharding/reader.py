@@ -184,6 +184,15 @@ class SampleReader:
         end = int(self.size[row]) if end is None else end
         return self.read_range(int(self.shard[row]), int(self.offset[row]) + begin, end - begin)
 
+    def byte_range(self, row: int, start: int | None = None, span: int | None = None) -> tuple[str, int, int]:
+        """(tar path, first byte, end byte) in the tar of what `read_window(row, start, span)`
+        reads, or of the whole member when `start` is None (error messages name it)."""
+        offset, size = int(self.offset[row]), int(self.size[row])
+        if self._table is None or start is None:
+            return self.tar_paths[int(self.shard[row])], offset, offset + size
+        c = self._table.cut(row, start, span)
+        return self.tar_paths[int(self.shard[row])], offset + c.begin, offset + c.end
+
     def read_window(self, row: int, start: int, span: int) -> tuple[bytes, int]:
         """The bytes to decode for frames [start, start + span) of a row, and where the window
         starts in them: the whole member and `start`, or, in a keyframe-indexed (ivf) set, the

@@ -35,6 +35,15 @@ def count_frames(data: bytes) -> tuple[int, int, int]:
     return n, w, h
 
 
+def decode_error(data: bytes) -> str | None:
+    """Why an in-memory video does not decode with PyAV (None: every frame decodes)."""
+    try:
+        count_frames(data)
+    except Exception as e:  # FFmpeg's error classes, or a container PyAV cannot open
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def _tar_members(tar_path: Path) -> dict[str, list[tarfile.TarInfo]]:
     """The tar's members grouped by sample key, in tar order."""
     members: dict[str, list[tarfile.TarInfo]] = {}

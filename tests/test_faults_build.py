@@ -554,3 +554,29 @@ def test_run_config_data_verify_sha256_stops_the_loader_at_start_up(clean_build,
         TrainLoader(cfg, rank=0, world_size=1, local_rank=0, device="cpu")
     with pytest.raises(ValueError, match="verify"):
         TrainDataConfig(shards=str(out), verify="md5")
+
+
+def test_decode_failure_in_the_loader_names_shard_key_and_bytes(clean_build, tmp_path):
+    """Same-size damage inside one video's frames passes the start-up checks; DALI's error names
+    no sample, so the loader re-raises it naming the shard, the sample key and its byte range."""
+    from dali_pipelines.config import TrainDataConfig
+    from dali_pipelines.loader import TrainLoader
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    table = load_shards(out)
+    row = 2
+    tar, offset = Path(table.tar_paths[int(table.columns["shard"][row])]), int(table.columns["offset"][row])
+    data = bytearray(tar.read_bytes())
+    for k in range(int(table.kf_ptr[row]), int(table.kf_ptr[row + 1])):  # every keyframe's payload
+        at = offset + int(table.kf_offsets[k])
+        size = struct.unpack_from("<I", data, at)[0]
+        data[at + 12:at + 12 + size] = bytes(size)
+    tar.write_bytes(bytes(data))
+    key = str(table.columns["keys"][row])
+    cfg = TrainDataConfig(shards=str(out), batch_size=2, crop=64, num_threads=1, prefetch=1)
+    loader = TrainLoader(cfg, rank=0, world_size=1, local_rank=0, device="cpu")
+    with pytest.raises(ShardError, match=rf"a sample does not decode .*{key} \({tar} bytes \[\d+, \d+\)\)"):
+        for _ in range(3):  # epochs: the damaged video is drawn in every one
+            for _ in loader:
+                pass
