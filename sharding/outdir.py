@@ -64,7 +64,7 @@ def lock_out(out: Path) -> tuple[int, bool]:
 def listed_files(out: Path) -> list[Path]:
     """Every file an existing build in `out` wrote, by its own records: the manifest, the identity,
     the per-shard state files and the shards they list, and this builder's temp files."""
-    files = [out / "_info.json", out / "_build.json", out / "_sha256_cache.json"]
+    files = [out / "_info.json", out / "_sha256_cache.json"]
     parts = out / "_parts"
     if parts.is_dir():
         for state_file in sorted(parts.glob("*.json")):
@@ -77,7 +77,20 @@ def listed_files(out: Path) -> list[Path]:
                 files += [out / entry[k] for k in ("path", "index", "table")]
         files += [p for p in parts.iterdir() if _TEMP.match(p.name)]
     files += [p for p in out.iterdir() if _TEMP.match(p.name)]
+    files.append(out / "_build.json")  # last: while it exists, what is left is known to be ours
     return [p for p in files if p.is_file()]
+
+
+def _is_fresh(out: Path) -> bool:
+    """Nothing in `out` but what a build killed before writing its identity leaves: the lock, our
+    temp files, an empty `_parts`."""
+    for p in out.iterdir():
+        if p.name == LOCK_NAME or _TEMP.match(p.name):
+            continue
+        if p.name == "_parts" and p.is_dir() and not any(p.iterdir()):
+            continue
+        return False
+    return True
 
 
 def _read_identity(build_file: Path) -> dict | None:
@@ -99,10 +112,11 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> None:
         BuildError: `out` holds a different build (and no --overwrite), or files that are not a build.
     """
     build_file = out / "_build.json"
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
+    if out.is_dir() and not _is_fresh(out):
         old = _read_identity(build_file)
-        if old == identity:
-            return  # same build: resume
+        if old == identity:  # same build: resume
+            (out / "_parts").mkdir(exist_ok=True)  # a run killed right after writing the identity
+            return
         if not overwrite:
             if old is None:
                 what = "files that are not a shard build"
@@ -118,8 +132,8 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> None:
         for p in listed_files(out):
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(build_file, identity)  # first: from here on the folder is known to be ours
     (out / "_parts").mkdir(exist_ok=True)
-    atomic_write_json(build_file, identity)
 
 
 def remove_temp_files(out: Path) -> None:

@@ -580,3 +580,23 @@ def test_decode_failure_in_the_loader_names_shard_key_and_bytes(clean_build, tmp
         for _ in range(3):  # epochs: the damaged video is drawn in every one
             for _ in loader:
                 pass
+
+
+def test_killed_before_or_while_writing_its_identity_resumes(small_tree, tmp_path):
+    """What a builder killed in `prepare_out` leaves (the lock, a temp file, an empty _parts, or an
+    identity without _parts) is not "files that are not a build": the same command goes on."""
+    for case in ("temp", "identity_only"):
+        out = tmp_path / case
+        if case == "temp":
+            (out / "_parts").mkdir(parents=True)
+            (out / "_lock").write_text("12345 elsewhere\n")
+            (out / "_build.json.12345-0badf00d.tmp").write_text("{")
+        else:
+            assert build("--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out,
+                         "--workers", "0") == 0
+            shutil.rmtree(out / "_parts")
+            (out / "_info.json").unlink()
+        assert build("--input", small_tree, "--layout", "folders", "--split", "eval", "--out", out,
+                     "--workers", "0") == 0, case
+        assert json.loads((out / "_info.json").read_text())["num_videos"] == 6
+        assert not list(out.rglob("*.tmp"))
