@@ -87,3 +87,17 @@ def test_train_graph_with_cpu_decode_defines_gpu_outputs():
     assert devices == {"clips": "gpu", "scale": "gpu", "shift": "gpu", "label": "cpu", "row": "cpu",
                        "start": "cpu", "crop": "cpu", "flip": "cpu"}
     assert np.all([o is not None for o in outs])
+
+
+def test_bf16_autocast_keeps_the_unit_norm_in_float32():
+    """The CUDA setting (bf16 autocast) exercised with CPU autocast: the embedding comes out float32
+    and unit-norm to float32 precision."""
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("custom", 16, 0.0, widths=[4, 4, 8, 8], layers=[1, 1, 1, 1]).eval()
+    clips = torch.randn(3, 2, 3, 4, 16, 16)  # (B, N, C, T, H, W)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model(clips)
+    assert pred.dtype == torch.float32
+    assert torch.allclose(pred.norm(dim=1), torch.ones(3), atol=1e-6)

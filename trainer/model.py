@@ -80,8 +80,10 @@ class ZeroShotModel(nn.Module):
             clips = clips.unsqueeze(1)
         b, n = clips.shape[:2]
         feats = self.backbone(clips.flatten(0, 1))  # (B*N, D)
-        feats = feats.view(b, n, -1).mean(1)  # (B, D): the paper averages features, not predictions
-        return F.normalize(self.regressor(self.dropout(feats)), dim=1)
+        feats = feats.view(b, n, -1).float().mean(1)  # (B, D): the paper averages features, not predictions
+        # The unit norm in float32 under bf16 autocast: a bf16 norm is off by ~1e-2, which the
+        # MSE to the unit class vectors would train on.
+        return F.normalize(self.regressor(self.dropout(feats)).float(), dim=1)
 
 
 def build_model(backbone: str, embed_dim: int, dropout: float, widths=None, layers=None) -> ZeroShotModel:
