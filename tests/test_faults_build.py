@@ -600,3 +600,21 @@ def test_killed_before_or_while_writing_its_identity_resumes(small_tree, tmp_pat
                      "--workers", "0") == 0, case
         assert json.loads((out / "_info.json").read_text())["num_videos"] == 6
         assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_worker_memory_does_not_grow_with_the_video(tmp_path):
+    """Peak RSS of one process_video call, each in a fresh process: a 10 s and a 2 min source
+    (before streaming, the 2 min one held ~100 MB more: every decoded frame)."""
+    script = ("import resource, sys\nfrom sharding.layouts import VideoItem\nfrom sharding.media import process_video\n"
+              "opts = dict(media='video', split='train', short_side=128, fps=None, codec='vp9', container='ivf',"
+              " crf=32, speed=8, gop=16, clip_span=16, segment_frames=0, strict_frame_count=False)\n"
+              "r = process_video(VideoItem(sys.argv[1], 'c', 'v'), 0, opts)\nassert 'samples' in r, r\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    peaks = []
+    for frames in (250, 3000):
+        path = write_video(tmp_path / f"v{frames}.mp4", num_frames=frames)
+        r = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        peaks.append(int(r.stdout.split()[-1]) / 1024)  # MB
+    assert peaks[1] - peaks[0] < 30, peaks

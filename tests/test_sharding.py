@@ -299,8 +299,12 @@ def test_interrupted_build_resumes(video_tree, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "_parts").glob("*.json"))) < 3:
         time.sleep(0.05)
+    import psutil
+
+    workers = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert psutil.wait_procs(workers, timeout=15)[1] == []  # the builder's workers die with it
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / "_parts").glob("*.json")}
     assert 3 <= len(done_before) < 10 and not (out / "_info.json").exists()
     r = subprocess.run(cmd, capture_output=True, text=True)
