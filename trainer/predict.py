@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     amp = torch.bfloat16 if release.get("amp") == "bf16" and device.type == "cuda" else None
     k = min(args.top_k, len(names))
+    width = max(len(n) for n in names)
     failed = 0
     out = open(args.json, "w", encoding="utf-8") if args.json else None
     bar = None
@@ -335,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         pred = model(clips).float()[0].cpu().numpy()  # (1, N, C, T, H, W) -> (D,)
                     top = topk(pred, label_emb, k)
-                    shown = "  ".join(f"{names[j]} {s:.3f}" for j, s in top)
-                    (bar.write(f"{path}  {shown}") if bar else print(f"{path}  {shown}"))
+                    # a small table per video: rank, label, cosine score
+                    shown = "\n".join([path] + [f"  {r}. {names[j]:<{width}}  {s:6.3f}" for r, (j, s) in enumerate(top, 1)])
+                    (bar.write(shown) if bar else print(shown))
                     record = {"video": path, "top": [{"label": names[j], "text": texts[j], "score": s}
                                                      for j, s in top],
                               "embedding": [float(x) for x in pred]}
