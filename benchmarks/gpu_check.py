@@ -77,6 +77,14 @@ def _cuda(args) -> bool:
     return args.device == "cuda"
 
 
+def _save(args, figures: dict) -> None:
+    """Write the step's figures so far: a step stopped at its time box keeps its finished runs."""
+    path = args.out / "work" / f"{args.step}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(figures, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 # --- steps (each returns a dict of figures plus "could_not": [reasons]) ---------------------------
 
 def step_env(args) -> dict:
@@ -145,6 +153,7 @@ def step_model(args) -> dict:
             runs.append({"memory_format": "channels_last_3d" if channels_last else "NCDHW",
                          "cudnn_benchmark": benchmark, "step_s": dt, "clips_per_s": shape[0] / dt,
                          "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None})
+            _save(args, {"shape": list(shape), "runs": runs, "could_not": could_not})
     best = max(runs, key=lambda r: r["clips_per_s"])
     return {"shape": list(shape), "dtype": "bf16 autocast" if cuda else "float32", "runs": runs,
             "best": f"{best['memory_format']}, cudnn.benchmark={best['cudnn_benchmark']}",
@@ -240,6 +249,7 @@ def step_decode(args) -> dict:
             except Exception as e:  # noqa: BLE001 - the decoder's refusal is the finding
                 case["error"] = f"{type(e).__name__}: {str(e)[-500:]}"
             out["cases"].append(case)
+            _save(args, out)
     return out
 
 
@@ -315,6 +325,7 @@ def step_loader(args) -> dict:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
             out["runs"].append({"loader": name, "batch": batch, "clips_per_s": n / dt, **smi.stop()})
+            _save(args, out)
             del it, loader
     if cuda:
         for batch in batches:
@@ -343,7 +354,9 @@ def step_train(args) -> dict:
     cuda = _cuda(args)
     shards = _bench_shards(args)
     if cuda:
+        # the author's per-GPU batch (4 GPUs x 22): benchmarks.train runs one process
         base = [str(REPO / "configs" / "author.yaml"), f"data.train.shards={shards}", "optim.amp=bf16",
+                "data.global_batch=22",
                 "--steps", "5" if args.quick else "20", "--warmup-steps", "3"]
         combos = [(cl, comp) for comp in (False, True) for cl in (True, False)]
         if args.quick:
@@ -371,6 +384,7 @@ def step_train(args) -> dict:
                             **{k: j.get(k) for k in ("loop_clips_per_s", "step_time_s", "data_wait_fraction",
                                                       "compute_clips_per_s", "loader_clips_per_s",
                                                       "peak_gpu_mem_gib")}})
+        _save(args, out)
     if cuda and not any(r.get("peak_gpu_mem_gib") is not None for r in out["runs"]):
         out["could_not"].append("peak GPU memory: benchmarks.train does not report it (the model step does)")
     return out
@@ -401,8 +415,12 @@ def _run_step(args, name: str, box: float) -> dict:
     out = {"step": name, "seconds": round(time.perf_counter() - t, 1), "box_s": round(box, 1)}
     tail = log.read_text(errors="replace")[-1500:]
     if rc is None:
-        return {**out, "status": "timeout", "could_not": [f"stopped at its {box:.0f} s time box; log: {log}"],
-                "log_tail": tail}
+        partial = json.loads(res.read_text()) if res.is_file() else {}
+        why = partial.pop("could_not", [])
+        partial.pop("skipped", None)
+        return {**out, "status": "timeout", **partial,
+                "could_not": [f"stopped at its {box:.0f} s time box (figures: the runs it finished); "
+                              f"log: {log}"] + why, "log_tail": tail}
     if rc != 0 or not res.is_file():
         return {**out, "status": "failed", "could_not": [f"exited with {rc}; log: {log}"], "log_tail": tail}
     figures = json.loads(res.read_text())
