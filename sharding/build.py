@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv-split", help="--layout kinetics: keep only CSV rows with this `split` value")
     p.add_argument("--dataset", help="dataset name in the manifest; also picks the class-name rename "
                    "table (ucf101, hmdb51, kinetics700). Default: the input's name")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (0: in-process)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="encoding processes (0: in this process, without crash isolation or --video-timeout)")
     p.add_argument("--codec", choices=sorted(CODECS), default="vp9",
                    help="vp9 decodes on DALI's CPU and GPU backends; h264 only on the GPU")
     p.add_argument("--short-side", type=int, default=128, help="output short side (even; GPU VP9 needs >= 128)")
@@ -153,7 +154,7 @@ def _identity(args, listing_digest: str, classes: list[str]) -> dict:
         "short_side": args.short_side, "fps": args.fps, "crf": args.crf, "speed": args.speed, "gop": args.gop,
         "segment_frames": args.segment_frames if args.split == "train" else None,
         "clip_span": args.clip_span, "videos_per_shard": args.videos_per_shard, "seed": args.seed,
-        "part": args.part, "num_parts": args.num_parts, "strict_frame_count": args.strict_frame_count,
+        "part": args.part, "num_parts": args.num_parts,
     }
 
 

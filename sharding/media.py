@@ -99,6 +99,9 @@ class Media:
 class Videos(Media):
     name = "video"
 
+    def identity(self, args):  # which inputs are stored depends on it
+        return {"strict_frame_count": args.strict_frame_count}
+
     def worker_options(self, args):
         return {"media": self.name, "split": args.split, "short_side": args.short_side, "fps": args.fps,
                 "codec": args.codec, "container": args.container, "crf": args.crf, "speed": args.speed,

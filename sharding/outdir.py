@@ -25,7 +25,7 @@ from sharding.shardio import atomic_write_json, sha256_file
 
 LOCK_NAME = "_lock"
 # temp names of the files a build writes (shardio.temp_path; a bare `.tmp`: builds before it)
-_TEMP = re.compile(r"^(?:\w+-\d{6}\.(?:tar|idx|samples\.json|json)|_info\.json|_build\.json)"
+_TEMP = re.compile(r"^(?:\w+-\d{6}\.(?:tar|idx|samples\.json|json)|_info\.json|_build\.json|_sha256_cache\.json)"
                    r"(?:\.\d+-[0-9a-f]{8})?\.tmp$")
 
 
@@ -99,8 +99,8 @@ def _read_identity(build_file: Path) -> dict | None:
     old = json.loads(build_file.read_text())
     if "container" not in old and old.get("codec") in CODECS:
         old = {**old, "container": CODECS[old["codec"]][1]}  # written before --container existed
-    # written before playable-but-short inputs were kept: such builds rejected them
-    old.setdefault("strict_frame_count", True)
+    if old.get("layout") != "images":  # video builds written before playable-but-short inputs
+        old.setdefault("strict_frame_count", True)  # were kept: they rejected them
     return old
 
 

@@ -618,3 +618,15 @@ def test_worker_memory_does_not_grow_with_the_video(tmp_path):
         assert r.returncode == 0, r.stderr
         peaks.append(int(r.stdout.split()[-1]) / 1024)  # MB
     assert peaks[1] - peaks[0] < 30, peaks
+
+
+def test_build_begun_before_warnings_resumes_with_strict_frame_count(small_tree, clean_build, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean_build, out)
+    identity = json.loads((out / "_build.json").read_text())
+    del identity["strict_frame_count"]  # as written before playable-but-short inputs were kept
+    (out / "_build.json").write_text(json.dumps(identity))
+    r = subprocess.run(build_cmd(small_tree, out, "--workers", "0"), capture_output=True, text=True)
+    assert r.returncode == 2 and "strict_frame_count True there vs False now" in r.stderr
+    r = subprocess.run(build_cmd(small_tree, out, "--workers", "0", "--strict-frame-count"), capture_output=True, text=True)
+    assert r.returncode == 0 and "resuming: 6 of 6 shards already done" in r.stderr
