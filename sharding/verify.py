@@ -72,7 +72,7 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: d
     problems = []
     if sha256_file(tar_path) != entry["sha256"]:
         problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced); "
-                        "re-run the build command to rebuild it")
+                        "re-run the build command with --verify-existing to rebuild it")
     kf = {k: columns.pop(k) for k in ("kf_ptr", "kf_frames", "kf_offsets") if k in columns}
     table = ShardTable.from_columns(columns, info or {"encoding": {"ext": ext}}, root, [tar])
     keys = table.columns["keys"].tolist()
@@ -110,23 +110,26 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: d
             if meta["label"] != cols["labels"][i] or label.tolist() != [cols["labels"][i]] \
                     or ints.tolist() != expect:
                 problems.append(f"{tar_path}: {key}: json/label/frames members disagree with the table")
-            if not decode:
-                continue
-            try:
-                data = reader.read(i)
-                n, w, h = count_frames(data)
-                if keyframed:
-                    lo, hi = int(kf["kf_ptr"][i]), int(kf["kf_ptr"][i + 1])
-                    listed = [kf["kf_frames"][lo:hi].tolist(), kf["kf_offsets"][lo:hi].tolist()]
-                    if list(ivf.keyframes(data)) != listed:
-                        problems.append(f"{tar_path}: {key}.ivf keyframes differ from the table's")
-            except Exception as e:
-                problems.append(f"{tar_path}: {key}.{ext} does not decode: {e}")
-                continue
-            want = (int(cols["num_frames"][i]), int(cols["width"][i]), int(cols["height"][i]))
-            if (n, w, h) != want:
-                problems.append(f"{tar_path}: {key}.{ext} decodes to {n} frames {w}x{h}, table says "
-                                f"{want[0]} frames {want[1]}x{want[2]}")
+            if decode:
+                problems += _check_decode(reader, i, f"{tar_path}: {key}.{ext}", cols, kf if keyframed else None)
+    return problems
+
+
+def _check_decode(reader: SampleReader, i: int, name: str, cols: dict, kf: dict | None) -> list[str]:
+    """Row i's video decodes (PyAV) to the table's frame count and size, with its listed keyframes."""
+    try:
+        data = reader.read(i)
+        n, w, h = count_frames(data)
+        problems = []
+        if kf is not None:
+            lo, hi = int(kf["kf_ptr"][i]), int(kf["kf_ptr"][i + 1])
+            if list(ivf.keyframes(data)) != [kf["kf_frames"][lo:hi].tolist(), kf["kf_offsets"][lo:hi].tolist()]:
+                problems.append(f"{name} keyframes differ from the table's")
+    except Exception as e:
+        return [f"{name} does not decode: {e}"]
+    want = (int(cols["num_frames"][i]), int(cols["width"][i]), int(cols["height"][i]))
+    if (n, w, h) != want:
+        problems.append(f"{name} decodes to {n} frames {w}x{h}, table says {want[0]} frames {want[1]}x{want[2]}")
     return problems
 
 

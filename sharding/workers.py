@@ -165,11 +165,15 @@ class WorkerPool:
                     break
                 queue.append((submitted, job))
                 submitted += 1
-            for w in self._workers:
+            for i, w in enumerate(self._workers):
                 if w.task is None and queue and not w.retiring:
-                    w.task = queue.popleft()
-                    w.started = time.monotonic()
-                    w.conn.send(w.task)
+                    try:
+                        w.conn.send(queue[0])
+                    except OSError:  # it died while idle: the task never reached it
+                        w.kill()
+                        self._workers[i] = self._spawn()
+                        continue
+                    w.task, w.started = queue.popleft(), time.monotonic()
             while yielded in results:
                 yield results.pop(yielded)
                 yielded += 1
