@@ -239,3 +239,8 @@ def test_another_or_missing_text_encoder_is_refused(run, tmp_path, capsys):
     assert "is not the text encoder the model was trained with" in capsys.readouterr().err
     assert predict_cli.main([*args, "--vectors", str(tmp_path / "gone.vec")]) == 2
     assert "pass --vectors PATH" in capsys.readouterr().err
+
+
+def test_h264_eval_builds_are_refused_with_the_fix():
+    with pytest.raises(PredictError, match="GPU only.*--shards"):
+        predict_cli.check_build({"codec": "h264", "source": "shards/ucf101/_info.json"})

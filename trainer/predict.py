@@ -147,11 +147,20 @@ def find_videos(paths: list[str]) -> tuple[list[Path], bool]:
     return out, folder
 
 
-class _PreparedVideo:
-    """One video after the builder's step: its bytes, the eval sampler's draw and any warning."""
+def check_build(build: dict) -> None:
+    """Raises PredictError when predict's CPU graph cannot decode what the run's builder wrote."""
+    if build["codec"] != "vp9":
+        # The graph runs on DALI's CPU backend, which decodes VP8/VP9 only.
+        raise PredictError(f"the run's eval shards are {build['codec']} ({build['source']}), which DALI "
+                           "decodes on the GPU only; predict's graph runs on the CPU backend: pass --shards "
+                           "with a VP9 eval set built with the same settings")
 
-    def __init__(self, encoded: np.ndarray, draw, warning: str | None = None):
-        self.encoded, self.draw, self.warning = encoded, draw, warning
+
+class _PreparedVideo:
+    """One video after the builder's step: its bytes and the eval sampler's draw."""
+
+    def __init__(self, encoded: np.ndarray, draw):
+        self.encoded, self.draw = encoded, draw
 
 
 class PredictSource:
@@ -169,6 +178,7 @@ class PredictSource:
     """
 
     def __init__(self, videos: list[Path], build: dict, eval_cfg: dict):
+        check_build(build)
         self.videos, self.build, self.eval_cfg = videos, build, eval_cfg
         # the graph's inputs in its order; "size" only with an in-graph resize (as sources.EvalSource)
         self.names = EVAL_INPUTS if eval_cfg["resize_short"] is not None else EVAL_INPUTS[:-1]
@@ -185,7 +195,7 @@ class PredictSource:
                       build["crf"], build["speed"], build["gop"], build["container"])
         self._filler = self._drawn(grey, 1, side, side)
 
-    def _drawn(self, data: bytes, num_frames: int, width: int, height: int, warning=None) -> _PreparedVideo:
+    def _drawn(self, data: bytes, num_frames: int, width: int, height: int) -> _PreparedVideo:
         e = self.eval_cfg
         table = ShardTable.from_columns(
             {"keys": np.array(["predict"]), "video_ids": np.array(["predict"]), "labels": np.zeros(1, np.int64),
@@ -200,7 +210,7 @@ class PredictSource:
         sampler = EvalSampler(table, batch_size=1, num_clips=e["num_clips"], clip_len=e["clip_len"],
                               stride=e["stride"], clip_positions=e["clip_positions"], seed=e["seed"],
                               crop=e["crop"], resize_short=e["resize_short"])
-        return _PreparedVideo(np.frombuffer(data, np.uint8), sampler.draw(0), warning)
+        return _PreparedVideo(np.frombuffer(data, np.uint8), sampler.draw(0))
 
     def prepare(self, i: int) -> _PreparedVideo:
         """Video i as the graph gets it (or the filler, with the reason in `errors[i]`)."""
@@ -301,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise PredictError(f"--device {args.device}: CUDA is not available here; use --device cpu")
         release = load_release(args.checkpoint, args.shards, args.config)
+        check_build(release["build"])
         label_emb = embed_labels(release["embeddings"], texts, args.vectors)
         if label_emb.shape[1] != release["model_config"]["embed_dim"]:
             raise PredictError(f"the text encoder gives {label_emb.shape[1]}-d embeddings but the model's head "
