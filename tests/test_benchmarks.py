@@ -4,6 +4,7 @@ well-formed results. No speed is asserted (the figures depend on the machine and
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,26 @@ def test_missing_peer_is_skipped_with_install_hint(loader_run, monkeypatch):
     ivf = {r["loader"]: r for r in res["results"]}["dali"]["shards"]
     why = baselines.peer_unavailable("dataloader_decord", ivf)
     assert why and "cannot decode a sample of" in why and ivf in why
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg command line (apt-get install ffmpeg)")
+def test_build_benchmark_runs(tmp_path):
+    """`python -m benchmarks.build` on two tiny videos (H.264 and MPEG-4): both sides transcode every
+    input, and the report has the same-run ratios."""
+    from videos import write_video
+
+    write_video(tmp_path / "a.mp4", num_frames=40, width=176, height=144)
+    write_video(tmp_path / "b.avi", num_frames=30, width=200, height=150, codec="mpeg4")
+    (tmp_path / "in.csv").write_text("path,label\na.mp4,x\nb.avi,y\n")
+    out = tmp_path / "build.json"
+    cmd = [sys.executable, "-m", "benchmarks.build", "--input", str(tmp_path / "in.csv"), "--workers", "2",
+           "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["rows"]) == {"ours", "ffmpeg", "ffmpeg_longest_first"}
+    for row in r["rows"].values():
+        assert row["videos"] == 2 and row["errors"] == 0 and row["bytes_out"] > 0, row
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["peak_rss_worker_mb"] > 0, row
+    assert r["ratios"]["cpu"] > 0 and r["core_hours_ours"] > 0
+    assert "ours / ffmpeg" in proc.stdout
