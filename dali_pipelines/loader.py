@@ -113,6 +113,7 @@ class _Loader:
         self.pipe, self.source = pipe, source
         self.device = torch.device(device)
         self._iter = None
+        self._held = None  # (DALI's outputs of the last batch, CUDA event after their last read)
         if py_workers > 0:
             # Forks the workers now, while CUDA is (should be) still untouched.
             pipe.start_py_workers()
@@ -129,6 +130,15 @@ class _Loader:
             raise ShardError(self._decode_failure(str(e))) from e
         out = {k: to_device(v, self.device) for k, v in batch.items()}
         out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
+        if self.device.type == "cuda":
+            # The GPU outputs are views of DALI's buffers, read by kernels queued on torch's stream
+            # (standardize); DALI may refill a buffer once its view is gone. Keep the views until
+            # those reads have run: by the next batch they have, so the wait costs nothing.
+            if self._held is not None:
+                self._held[1].synchronize()
+            done = torch.cuda.Event()
+            done.record()
+            self._held = (batch, done)
         return out
 
     def _in_flight(self) -> list[tuple[int, int | None, int | None]]:
