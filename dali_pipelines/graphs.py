@@ -128,16 +128,26 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization
     """
     if size is not None:
         frames = fn.resize(frames, resize_x=size[0], resize_y=size[1])
-    frames = fn.slice(frames, start=crop_xy, shape=[crop, crop], axis_names="WH")  # (F, crop, crop, C)
+    # One pass: crop, mirror (per sample) and (F,H,W,C) -> (C,F,H,W), staying uint8 (a separate
+    # fn.slice copied the crop once more: benchmarks/RESULTS.md, per-clip overhead). The crop's
+    # pixel [x, y] becomes the normalized position x / (W - crop), which DALI multiplies back and
+    # rounds: the exact pixel again. The statistics are then taken on the (C, F, H, W) crop, so
+    # scale and shift come out (1, F, 1, 1) without a transpose.
+    shape = frames.shape()  # (F, H, W, C)
+    xy = fn.cast(crop_xy, dtype=types.FLOAT)
+    pos_x = xy[0] / dmath.max(fn.cast(shape[2], dtype=types.FLOAT) - float(crop), 1.0)
+    pos_y = xy[1] / dmath.max(fn.cast(shape[1], dtype=types.FLOAT) - float(crop), 1.0)
+    clips = fn.crop_mirror_normalize(frames, crop=[crop, crop], crop_pos_x=pos_x, crop_pos_y=pos_y,
+                                     rounding="round", mirror=0 if flip is None else flip,
+                                     dtype=types.UINT8, output_layout="CFHW")  # (C, F, crop, crop)
     # The 1/255 is folded into scale and shift, so the statistics are taken on the uint8 values.
     if standardization == "per_frame":
-        mean = fn.reductions.mean(frames, axis_names="HWC", keep_dims=True, dtype=types.FLOAT)  # (F, 1, 1, 1)
-        std = fn.reductions.std_dev(frames, mean, axis_names="HWC", keep_dims=True)  # (F, 1, 1, 1)
+        mean = fn.reductions.mean(clips, axis_names="CHW", keep_dims=True, dtype=types.FLOAT)  # (1, F, 1, 1)
+        std = fn.reductions.std_dev(clips, mean, axis_names="CHW", keep_dims=True)  # (1, F, 1, 1)
         # (x/255 - m/255) / max(s/255, f) == (x - m) / max(s, 255 f); tf's floor f keeps a flat
         # frame finite (it becomes all zeros).
         scale = 1.0 / dmath.max(std, float(255.0 / np.sqrt(crop * crop * 3)))
         shift = -mean * scale
-        scale, shift = (fn.transpose(t, perm=[3, 0, 1, 2]) for t in (scale, shift))  # (F,1,1,1) -> (1,F,1,1)
     elif standardization == "mean_std":
         # (x/255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel
         std, mean = np.array(KINETICS_STD, np.float64), np.array(KINETICS_MEAN, np.float64)
@@ -145,9 +155,6 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization
         shift = fn.constant(fdata=(-mean / std).tolist(), shape=[3, 1, 1, 1], dtype=types.FLOAT)
     else:
         raise ValueError(f"unknown standardization {standardization!r}")
-    # One fused pass: mirror (per sample) and (F,H,W,C) -> (C,F,H,W), staying uint8.
-    clips = fn.crop_mirror_normalize(frames, mirror=0 if flip is None else flip, dtype=types.UINT8,
-                                     output_layout="CFHW")
     return clips, scale, shift
 
 
