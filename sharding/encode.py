@@ -191,6 +191,42 @@ def probe(path: str) -> Probe:
                  rate, error)
 
 
+def frame_count_warning(n: int, declared: int, decode_error: str | None, min_frames: int = 1,
+                        strict: bool = False) -> str | None:
+    """The policy for short, cut-off and broken inputs (`plan_frames`): the warning to list, if any.
+
+    Raises:
+        VideoError: the input has nothing usable, or (with `strict`) any shortfall.
+    """
+    warning = None
+    if n == 0:
+        raise VideoError("no frames could be decoded (zero-frame or undecodable video)"
+                         + (f": {decode_error}" if decode_error else ""))
+    if decode_error is not None:
+        if strict or n < min_frames:
+            raise VideoError(f"decode error after {n} frames (truncated or corrupt): {decode_error}")
+        warning = f"decode error after {n} frames (truncated or corrupt); the {n} frames before it are stored"
+    if declared and n + max(2, declared // 50) < declared:
+        # a cut-off AVI/MP4 often decodes "cleanly" up to where it ends; its header still knows better
+        if strict:
+            raise VideoError(f"only {n} of the {declared} frames the container declares could be "
+                             "decoded (truncated file?)")
+        warning = warning or (f"only {n} of the {declared} frames the container declares decode (a header "
+                              "written before the recording or download stopped); those are stored")
+    return warning
+
+
+def output_rate(fps: float | None, src_rate: Fraction | None) -> Fraction:
+    """`--fps`, else the input's stated rate, else 25."""
+    return Fraction(fps).limit_denominator(1001) if fps else (src_rate or Fraction(25))
+
+
+def grid_limit(n: int, declared: int, out_fps: Fraction, src_rate: Fraction | None) -> float:
+    """The longest constant-rate grid `n` decoded frames may become (`MAX_GRID_RATIO`)."""
+    rate_change = float(out_fps) / float(src_rate) if src_rate else 1.0
+    return MAX_GRID_RATIO * max(n, declared) * max(1.0, rate_change) + 100
+
+
 def plan_frames(pr: Probe, fps: float | None = None, min_frames: int = 1, strict: bool = False) -> FramePlan:
     """Decide what of a probed input is stored: the policy for short, cut-off and broken inputs.
 
@@ -211,36 +247,107 @@ def plan_frames(pr: Probe, fps: float | None = None, min_frames: int = 1, strict
             `MAX_GRID_RATIO` times the frames that exist (a bogus timestamp).
     """
     n, declared = pr.num_decoded, pr.declared
-    warning = None
-    if n == 0:
-        raise VideoError("no frames could be decoded (zero-frame or undecodable video)"
-                         + (f": {pr.decode_error}" if pr.decode_error else ""))
-    if pr.decode_error is not None:
-        if strict or n < min_frames:
-            raise VideoError(f"decode error after {n} frames (truncated or corrupt): {pr.decode_error}")
-        warning = f"decode error after {n} frames (truncated or corrupt); the {n} frames before it are stored"
-    if declared and n + max(2, declared // 50) < declared:
-        # a cut-off AVI/MP4 often decodes "cleanly" up to where it ends; its header still knows better
-        if strict:
-            raise VideoError(f"only {n} of the {declared} frames the container declares could be "
-                             "decoded (truncated file?)")
-        warning = warning or (f"only {n} of the {declared} frames the container declares decode (a header "
-                              "written before the recording or download stopped); those are stored")
-    out_fps = Fraction(fps).limit_denominator(1001) if fps else (pr.src_rate or Fraction(25))
+    warning = frame_count_warning(n, declared, pr.decode_error, min_frames, strict)
+    out_fps = output_rate(fps, pr.src_rate)
     if pr.times is None or n == 1:
         return FramePlan(np.arange(n), out_fps, False, warning)
     t = pr.times
     order = np.argsort(t, kind="stable")
     span = float(t[order[-1]] - t[order[0]])
     grid = int(round(span * float(out_fps))) + 1
-    rate_change = float(out_fps) / float(pr.src_rate) if pr.src_rate else 1.0
-    limit = MAX_GRID_RATIO * max(n, declared) * max(1.0, rate_change) + 100
+    limit = grid_limit(n, declared, out_fps, pr.src_rate)
     if grid > limit:
         raise VideoError(f"timestamps span {span:.6g} s over {n} decoded frames: a constant {float(out_fps):g} "
                          f"fps grid would be {grid} frames (over {int(limit)}); a bogus timestamp?")
     idx = order[cfr_indices(t[order], out_fps)]
     vfr = not (len(idx) == n and np.array_equal(idx, np.arange(n)))
     return FramePlan(idx if vfr else np.arange(n), out_fps, vfr, warning)
+
+
+class NeedTwoPasses(Exception):
+    """`OnePassFrames` cannot map this input as it decodes (timestamps that do not increase, or a
+    grid that may be bogus): use `probe` -> `plan_frames` -> `resized_frames`, which decide on all
+    timestamps at once (the same frames wherever both apply)."""
+
+
+class OnePassFrames:
+    """Decode -> resize -> constant-rate grid in one pass, for whole-video samples (eval, ivf).
+
+    Iterating yields the output frames of `plan_frames` + `resized_frames` without a timestamps
+    pass: grid tick g = t0 + k/fps takes the decoded frame nearest to it, which is known as soon
+    as the first frame at or after g has decoded, so at most two decoded frames are held. After
+    the iteration, the attributes say what was decoded (`probe`'s fields), `num_out` and `vfr`.
+
+    Raises (while iterating):
+        VideoError: as `probe` (file, container, stream).
+        NeedTwoPasses: timestamps that do not increase, a stamped stream with an unstamped frame,
+            or a grid past `grid_limit` so far (the two passes decide it on all frames).
+    """
+
+    def __init__(self, path: str, short_side: int, fps: float | None = None):
+        self.path, self.short_side, self.fps_arg = path, short_side, fps
+        self.num_decoded = self.num_out = self.declared = 0
+        self.src_width = self.src_height = self.width = self.height = 0
+        self.src_rate: Fraction | None = None
+        self.fps = Fraction(25)
+        self.decode_error: str | None = None
+        self.vfr = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        container, stream = _open(self.path)
+        with container:
+            self.src_rate, self.declared = _rate(stream), int(stream.frames or 0)
+            self.src_width, self.src_height = stream.codec_context.width, stream.codec_context.height
+            self.fps = output_rate(self.fps_arg, self.src_rate)
+            step = float(self.fps)
+            frames = container.decode(stream)
+            stamped, identity, k = False, True, 0
+            prev = t0 = t_prev = None
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except Exception as e:  # a decode error part-way: the policy decides (plan_frames)
+                    self.decode_error = str(e) or type(e).__name__
+                    break
+                i, t = self.num_decoded, frame.time
+                self.num_decoded += 1
+                if i == 0:
+                    self.src_width, self.src_height = frame.width, frame.height
+                    self.width, self.height = output_size(frame.width, frame.height, self.short_side)
+                    stamped = t is not None
+                planes = frame.reformat(width=self.width, height=self.height, format="yuv420p",
+                                        interpolation="AREA").to_ndarray()
+                if not stamped:  # no timestamps: every frame as it comes (plan_frames does the same)
+                    self.num_out += 1
+                    yield planes
+                    continue
+                if t is None or (i > 0 and t <= t_prev):
+                    raise NeedTwoPasses(f"frame {i} has time {t} after {t_prev}")
+                if i == 0:
+                    prev, t0, t_prev = planes, t, t
+                    continue
+                # ticks in (t_prev, t] (and tick 0 = t0): the nearer of frames i-1 and i; ties: i-1
+                while (g := t0 + k / step) <= t:
+                    if k + 1 > grid_limit(i + 1, self.declared, self.fps, self.src_rate):
+                        raise NeedTwoPasses(f"grid of {k + 1} frames for {i + 1} decoded so far")
+                    take_new = (t - g) < (g - t_prev)
+                    identity &= k == (i if take_new else i - 1)
+                    k += 1
+                    self.num_out += 1
+                    yield planes if take_new else prev
+                prev, t_prev = planes, t
+            if stamped:  # ticks past the last frame's time (round up) show the last frame
+                n = int(round((t_prev - t0) * step)) + 1
+                if n > grid_limit(self.num_decoded, self.declared, self.fps, self.src_rate):
+                    raise NeedTwoPasses(f"grid of {n} frames for {self.num_decoded} decoded")
+                while k < n:
+                    identity &= k == self.num_decoded - 1
+                    k += 1
+                    self.num_out += 1
+                    yield prev
+            self.vfr = stamped and not (identity and self.num_out == self.num_decoded)
 
 
 def resized_frames(path: str, pr: Probe, plan: FramePlan, short_side: int) -> Iterator[np.ndarray]:

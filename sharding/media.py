@@ -13,59 +13,113 @@ from __future__ import annotations
 
 import argparse
 import os
+from fractions import Fraction
+from typing import NamedTuple
 
 from sharding import ivf
-from sharding.encode import StreamEncoder, VideoError, output_size, plan_frames, probe, resized_frames
+from sharding.encode import (NeedTwoPasses, OnePassFrames, StreamEncoder, VideoError, frame_count_warning,
+                             output_size, plan_frames, probe, resized_frames)
 from sharding.images import process_image
 from sharding.layouts import VideoItem
 from sharding.segments import plan_segments
 
 
+class _Encoded(NamedTuple):
+    """One input, encoded: what the samples' metadata needs."""
+
+    data: dict[int, bytes]       # segment -> encoded bytes
+    segments: list               # sharding.segments.Segment, in order
+    num_frames: int              # stored frames (after the constant-rate grid)
+    width: int
+    height: int
+    fps: Fraction
+    vfr: bool
+    src_width: int
+    src_height: int
+    declared: int
+    num_decoded: int
+    warning: str | None
+
+
+def _encoder(width: int, height: int, fps: Fraction, opts: dict) -> StreamEncoder:
+    return StreamEncoder(width, height, fps, opts["codec"], opts["crf"], opts["speed"], opts["gop"],
+                         opts["container"])
+
+
+def _encode_one_pass(path: str, opts: dict) -> _Encoded:
+    """A whole-video sample in one decode (`OnePassFrames`); raises NeedTwoPasses where it can't."""
+    src = OnePassFrames(path, opts["short_side"], opts["fps"])
+    enc = None
+    for planes in src:
+        enc = enc or _encoder(src.width, src.height, src.fps, opts)
+        enc.add(planes)
+    warning = frame_count_warning(src.num_decoded, src.declared, src.decode_error, opts["clip_span"],
+                                  opts.get("strict_frame_count", False))  # no frame: raises here
+    n = src.num_out
+    return _Encoded({0: enc.finish()}, plan_segments(n, opts["clip_span"], None), n, src.width, src.height,
+                    src.fps, src.vfr, src.src_width, src.src_height, src.declared, src.num_decoded, warning)
+
+
+def _encode_two_passes(path: str, opts: dict, seg_frames: int | None) -> _Encoded:
+    """Timestamps first (`probe`, `plan_frames`), then decode again and stream each output frame to
+    the encoders of the segments that hold it (at most a few open at once)."""
+    pr = probe(path)
+    plan = plan_frames(pr, opts["fps"], opts["clip_span"], opts.get("strict_frame_count", False))
+    n = len(plan.indices)
+    width, height = output_size(pr.src_width, pr.src_height, opts["short_side"])
+    segments = plan_segments(n, opts["clip_span"], seg_frames)
+    open_: dict[int, StreamEncoder] = {}
+    data: dict[int, bytes] = {}
+    s_next = 0  # segments start in frame order
+    for f, planes in enumerate(resized_frames(path, pr, plan, opts["short_side"])):
+        while s_next < len(segments) and segments[s_next].first_frame == f:
+            open_[s_next] = _encoder(width, height, plan.fps, opts)
+            s_next += 1
+        for s in list(open_):
+            open_[s].add(planes)
+            if f == segments[s].first_frame + segments[s].num_frames - 1:
+                data[s] = open_.pop(s).finish()
+    if open_ or len(data) != len(segments):
+        raise VideoError(f"{len(data)} of {len(segments)} segments were encoded")
+    return _Encoded(data, segments, n, width, height, plan.fps, plan.vfr, pr.src_width, pr.src_height,
+                    pr.declared, pr.num_decoded, plan.warning)
+
+
 def process_video(item: VideoItem, label: int, opts: dict) -> dict:
-    """Decode, resize, segment and encode one video (see the module docstring for the result),
-    streaming: each output frame goes to the encoders of the segments that hold it as it decodes, so
-    a worker holds one frame and the compressed segments, whatever the video's length."""
+    """Decode, resize, segment and encode one video (see the module docstring for the result).
+
+    Streamed, so a worker holds a frame or two and the compressed output whatever the video's
+    length: whole-video samples (eval, ivf) decode once (`OnePassFrames`); segmented ones, and
+    inputs whose timestamps do not increase, decode twice (timestamps, then frames). Both give
+    the same frames."""
     try:
         bytes_in = os.path.getsize(item.path) if os.path.exists(item.path) else 0
-        pr = probe(item.path)
-        plan = plan_frames(pr, opts["fps"], opts["clip_span"], opts.get("strict_frame_count", False))
-        n = len(plan.indices)
-        width, height = output_size(pr.src_width, pr.src_height, opts["short_side"])
         seg_frames = (opts["segment_frames"] or None) if opts["split"] == "train" else None
-        segments = plan_segments(n, opts["clip_span"], seg_frames)
-        ext = opts["container"]
-        open_: dict[int, StreamEncoder] = {}
-        data: dict[int, bytes] = {}
-        s_next = 0  # segments start in frame order
-        for f, planes in enumerate(resized_frames(item.path, pr, plan, opts["short_side"])):
-            while s_next < len(segments) and segments[s_next].first_frame == f:
-                open_[s_next] = StreamEncoder(width, height, plan.fps, opts["codec"], opts["crf"],
-                                              opts["speed"], opts["gop"], ext)
-                s_next += 1
-            for s in list(open_):
-                open_[s].add(planes)
-                if f == segments[s].first_frame + segments[s].num_frames - 1:
-                    data[s] = open_.pop(s).finish()
-        if open_ or len(data) != len(segments):
-            raise VideoError(f"{len(data)} of {len(segments)} segments were encoded")
-        samples = []
-        for s, seg in enumerate(segments):
+        v = None
+        if seg_frames is None:
+            try:
+                v = _encode_one_pass(item.path, opts)
+            except NeedTwoPasses:
+                v = None
+        v = v or _encode_two_passes(item.path, opts, seg_frames)
+        n, ext, samples = v.num_frames, opts["container"], []
+        for s, seg in enumerate(v.segments):
             key = item.video_id if opts["split"] == "eval" else f"{item.video_id}_s{s:03d}"
             meta = {
                 "key": key, "video_id": item.video_id, "class_name": item.class_name, "label": label,
-                "source": item.path, "fps": float(plan.fps), "num_frames": seg.num_frames,
+                "source": item.path, "fps": float(v.fps), "num_frames": seg.num_frames,
                 "video_num_frames": n, "first_frame": seg.first_frame, "segment": s,
-                "num_segments": len(segments), "own_start": seg.own_start, "own_count": seg.own_count,
-                "width": width, "height": height, "short": n < opts["clip_span"],
-                "vfr_converted": plan.vfr, "src_width": pr.src_width, "src_height": pr.src_height,
+                "num_segments": len(v.segments), "own_start": seg.own_start, "own_count": seg.own_count,
+                "width": v.width, "height": v.height, "short": n < opts["clip_span"],
+                "vfr_converted": v.vfr, "src_width": v.src_width, "src_height": v.src_height,
             }
             if ext == "ivf":  # where a reader may cut the stream (FORMAT.md)
-                meta["keyframes"], meta["keyframe_offsets"] = ivf.keyframes(data[s])
-            samples.append((key, ext, data[s], meta))
+                meta["keyframes"], meta["keyframe_offsets"] = ivf.keyframes(v.data[s])
+            samples.append((key, ext, v.data[s], meta))
         result = {"video_id": item.video_id, "samples": samples, "bytes_in": bytes_in, "short": n < opts["clip_span"]}
-        if plan.warning:
-            result["warning"] = {"path": item.path, "video_id": item.video_id, "declared_frames": pr.declared,
-                                 "decoded_frames": pr.num_decoded, "stored_frames": n, "reason": plan.warning}
+        if v.warning:
+            result["warning"] = {"path": item.path, "video_id": item.video_id, "declared_frames": v.declared,
+                                 "decoded_frames": v.num_decoded, "stored_frames": n, "reason": v.warning}
         return result
     except (VideoError, ivf.IVFError) as e:
         return {"video_id": item.video_id, "path": item.path, "error": str(e)}

@@ -29,7 +29,8 @@ import pytest
 
 import fault_jobs
 from sharding.build import main as build_main
-from sharding.encode import MAX_GRID_RATIO, Probe, VideoError, plan_frames, probe, resized_frames
+from sharding.encode import (MAX_GRID_RATIO, NeedTwoPasses, OnePassFrames, Probe, VideoError, plan_frames, probe,
+                             resized_frames)
 from sharding.merge import merge
 from sharding.outdir import lock_out
 from sharding.reader import ShardError, load_shards
@@ -222,6 +223,30 @@ def test_decode_is_streamed_one_frame_at_a_time(tmp_path):
         most = max(most, len(alive))
         del frame
     assert len(plan.indices) == 120 and most <= 2  # the one yielded + at most the one held
+
+
+def test_one_pass_decode_gives_the_two_pass_frames(video_tree, cut_off_tree, tmp_path):
+    """Whole-video samples decode once (OnePassFrames); the frames are those of the timestamps pass
+    + plan + second decode, for constant-rate, 60 fps, VFR, odd-size and cut-off inputs."""
+    checked = 0
+    for path in sorted(video_tree.rglob("*.*")) + sorted(cut_off_tree.rglob("*.*")):
+        try:
+            pr = probe(str(path))
+            plan = plan_frames(pr, None, 16)
+        except VideoError:
+            continue
+        two = list(resized_frames(str(path), pr, plan, 128))
+        src = OnePassFrames(str(path), 128)
+        one = list(src)
+        assert len(one) == len(two) == src.num_out, path
+        assert all(np.array_equal(a, b) for a, b in zip(one, two)), path
+        assert (src.vfr, src.num_decoded, src.declared, src.fps) == (plan.vfr, pr.num_decoded, pr.declared, plan.fps)
+        checked += 1
+    assert checked >= 9
+    pts = [0, 40, 80, 120, 160, 200, 240, 280, 320, 10**9]  # a bogus last timestamp: decided on all frames
+    bogus = write_video(tmp_path / "bogus.mkv", num_frames=len(pts), pts=pts, time_base=Fraction(1, 1000))
+    with pytest.raises(NeedTwoPasses):
+        list(OnePassFrames(str(bogus), 128))
 
 
 # ----------------------------------------------------------------------------- workers: crash, kill, hang, recycle
