@@ -182,3 +182,17 @@ def test_build_benchmark_runs(tmp_path):
         assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["peak_rss_worker_mb"] > 0, row
     assert r["ratios"]["cpu"] > 0 and r["core_hours_ours"] > 0
     assert "ours / ffmpeg" in proc.stdout
+
+
+def test_graph_ops_benchmark_runs(loader_run, tmp_path):
+    """`python -m benchmarks.graph_ops` times the decoder alone, the graph's augment and the earlier
+    one on the same cut windows, and the torch alternatives."""
+    res, _, _ = loader_run
+    out = tmp_path / "ops.json"
+    cmd = [sys.executable, "-m", "benchmarks.graph_ops", "--shards", res["shards"], "--seconds", "0.3",
+           "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["dali_median"]) == {"decode", "augment", "slice_cmn_stats"}
+    assert all(v > 0 for v in r["dali_median"].values()) and len(r["torch_cpu_ms"]) == 3
