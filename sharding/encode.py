@@ -5,9 +5,10 @@ Every failure raises `VideoError` with a reason a person can act on; the builder
 manifest's `errors` and goes on with the next video. An input that plays but holds fewer frames than
 it declares keeps what decodes (`plan_frames`; the manifest's `warnings`).
 
-Memory does not grow with a video's length: the builder decodes an input twice, once for the
-timestamps only (`probe`), then streams decode -> resize -> encode (`resized_frames`, `StreamEncoder`),
-holding one frame at a time plus the compressed output.
+Memory does not grow with a video's length: decode -> resize -> encode is streamed, holding a frame
+or two plus the compressed output. A whole-video sample decodes once (`OnePassFrames` maps frames onto
+the constant-rate grid as they come); a segmented one, or an input whose timestamps do not increase,
+decodes twice: once for the timestamps (`probe`, `plan_frames`), then the frames (`resized_frames`).
 """
 
 from __future__ import annotations
@@ -392,7 +393,7 @@ def resized_frames(path: str, pr: Probe, plan: FramePlan, short_side: int) -> It
 def decode(path: str, short_side: int = 128, fps: float | None = None,
            strict_frame_count: bool = True) -> DecodedVideo:
     """Decode all frames of `path` into memory, resized, at a constant frame rate (short inputs
-    and one-off uses; the builder streams: `probe` -> `plan_frames` -> `resized_frames`).
+    and one-off uses; the builder streams: `OnePassFrames`, or `probe` -> `plan_frames` -> `resized_frames`).
 
     Args:
         path: the input video file.
