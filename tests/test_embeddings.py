@@ -136,11 +136,12 @@ def test_stop_words_optional(fasttext_bin):
 def test_word2vec_formats(w2v_files, name, fmt):
     path = w2v_files / name
     assert sniff_vectors_format(path) == fmt
-    got = class_embeddings(["playing guitar", "walk dog"], path)
+    trust = {"fmt": "gensim", "trusted": True} if fmt == "gensim" else {}  # a pickle: only when told (#14)
+    got = class_embeddings(["playing guitar", "walk dog"], path, **trust)
     # Unit word vectors: playing -> (1,0,0), guitar -> (0,1,0): the mean points at (1,1,0).
     np.testing.assert_allclose(got[0], _unit(np.array([1.0, 1.0, 0.0])), rtol=1e-6)
     np.testing.assert_allclose(got[1], _unit(np.array([0.5 ** 0.5, 0.5 ** 0.5, 1.0])), rtol=1e-6)
-    raw = class_embeddings(["playing guitar"], path, normalize_words=False)
+    raw = class_embeddings(["playing guitar"], path, normalize_words=False, **trust)
     np.testing.assert_allclose(raw[0], _unit(np.array([3.0, 1.0, 0.0])), rtol=1e-6)
 
 

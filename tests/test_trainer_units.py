@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,200 @@ def test_run_deterministic_sets_torch_and_cudnn_flags(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+
+
+def test_ties_count_against_the_prediction():
+    classes = np.eye(4)
+    labels = np.array([0, 1, 2, 3])
+    # a dead model: the zero vector (or any vector equally close to every class) for every video
+    for pred in (np.zeros((4, 4)), np.ones((4, 4))):
+        acc = topk_accuracy(pred, labels, classes, ks=(1, 3))
+        assert acc["top1"] == 0.0 and acc["top3"] == 0.0  # at most chance level, never 100%
+    # a tie between the true class and one other is a top-1 miss, a top-2 hit
+    acc = topk_accuracy(np.array([[1.0, 1.0, 0.0, 0.0]]), np.array([0]), classes, ks=(1, 2))
+    assert acc == {"top1": 0.0, "top2": 100.0}
+    out = protocol1(np.zeros((8, 4)), np.repeat(np.arange(4), 2), classes)
+    assert out["top1"] == 0.0
+
+
+def test_non_finite_predictions_are_an_error():
+    pred = np.eye(3)
+    pred[1, 2] = np.nan
+    with pytest.raises(ValueError, match="1 of 3 predicted embeddings are not finite"):
+        topk_accuracy(pred, np.arange(3), np.eye(3))
+
+
+def test_classes_with_identical_embeddings_are_reported_and_leakage_refused(capsys):
+    from trainer.evaluate import TestSet, check_embeddings, coinciding
+    from trainer.faults import TrainingError
+
+    rng = np.random.default_rng(0)
+    words = {w: rng.normal(size=8) for w in ("climbing", "rope", "a", "swimming")}
+    mean = lambda text: np.mean([words[w] for w in text.split()], 0)  # noqa: E731 (the order-blind mean)
+    test = ["climbing a rope", "a rope climbing", "swimming"]
+    emb = np.stack([mean(t) for t in test])
+    assert [(i, j) for i, j, _ in coinciding(emb)] == [(0, 1)]
+    ts = TestSet("t", {}, test, test, emb, None, seen=False)
+    check_embeddings(ts, ["swimming rope"], np.stack([mean("swimming rope")]))
+    assert "classes 'climbing a rope' and 'a rope climbing' have the same embedding" in capsys.readouterr().out
+    with pytest.raises(TrainingError, match=r"'a rope climbing' ~ 'rope climbing a'.*not zero-shot"):
+        check_embeddings(ts, ["swimming rope", "rope climbing a"], np.stack([mean("swimming rope"),
+                                                                              mean("rope climbing a")]))
+    check_embeddings(TestSet("s", {}, test, test, emb, None, seen=True), ["rope climbing a"],
+                     np.stack([mean("rope climbing a")]))  # seen classes: expected, no error
+
+
+def test_pickle_vectors_need_format_gensim_and_trusted(tmp_path):
+    import pickle
+
+    from trainer.embeddings import class_embeddings, embeddings_for
+
+    class Boom:  # what a malicious "vectors.bin" would carry: code run by pickle.load
+        def __reduce__(self):
+            return (Path(tmp_path / "pwned").write_text, ("ran",))
+
+    bad = tmp_path / "vectors.bin"
+    bad.write_bytes(pickle.dumps(Boom(), protocol=4))
+    assert bad.read_bytes()[:1] == b"\x80"
+    for kw in ({}, {"fmt": "gensim"}, {"fmt": "auto", "trusted": True}):
+        with pytest.raises(ValueError, match="is a pickle .* embeddings.format: gensim and embeddings.trusted: true"):
+            class_embeddings(["a b"], bad, None, **kw)
+    with pytest.raises(ValueError, match="is a pickle"):
+        embeddings_for(load_config({**BASE_DICT, "embeddings": {"vectors": str(bad)}}).embeddings, ["a b"])
+    assert not (tmp_path / "pwned").exists()  # nothing of the file ran
+    cfg = load_config({**BASE_DICT, "embeddings": {"vectors": str(bad), "format": "gensim", "trusted": True}})
+    assert cfg.embeddings.format == "gensim" and cfg.embeddings.trusted
+
+
+def test_checkpoints_sort_by_step_number_and_skip_an_unreadable_newest(tmp_path, capsys):
+    from trainer.checkpoint import newest_readable
+
+    for step in (9999999, 10000000):
+        save_checkpoint(tmp_path, step, {"step": step}, keep_last=5)
+    assert latest_checkpoint(tmp_path).name == "ckpt_10000000.pt"  # not by text: "ckpt_1..." < "ckpt_9..."
+    newest = latest_checkpoint(tmp_path)
+    newest.write_bytes(newest.read_bytes()[:40])  # a truncated copy
+    path, ckpt = newest_readable(tmp_path)
+    assert path.name == "ckpt_9999999.pt" and ckpt["step"] == 9999999
+    assert "ckpt_10000000.pt cannot be read" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "ckpt_10000000.pt.unreadable").exists()  # kept, out of the rotation
+    assert latest_checkpoint(tmp_path).name == "ckpt_9999999.pt"
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    from trainer.faults import TrainingError
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 1, {"model": model.state_dict(), "optimizer": opt.state_dict()}, keep_last=3)
+    with torch.no_grad():
+        model.bias[0] = float("inf")
+    with pytest.raises(TrainingError, match=r"not saving checkpoint of step 2: 1 tensors are not finite \(\['model.bias'\]\)"):
+        save_checkpoint(tmp_path, 2, {"model": model.state_dict(), "optimizer": opt.state_dict()}, keep_last=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000001.pt"]
+
+
+def test_resume_refuses_another_runs_config_and_lists_the_diff():
+    from trainer.config import check_resume
+
+    stored = load_config(BASE_DICT).model_dump(mode="json")
+    same_but_allowed = load_config(BASE_DICT, ["eval.every_epochs=2", "run.log_every=3", "data.train.py_workers=2",
+                                               "run.out_dir=elsewhere"])
+    assert check_resume(stored, same_but_allowed, "ckpt") == []
+    with pytest.raises(ConfigError) as e:
+        check_resume(stored, load_config(BASE_DICT, ["optim.lr=0.02", "data.train.crop=96"]), "ckpt_0000010.pt")
+    msg = str(e.value)
+    assert "optim.lr: 0.001 -> 0.02" in msg and "data.train.crop: 112 -> 96" in msg and "ckpt_0000010.pt" in msg
+    assert "another run.out_dir" in msg and "run.resume=force" in msg and "eval.every_epochs" not in msg.split("\n")[1]
+    forced = load_config(BASE_DICT, ["optim.lr=0.02", "run.resume=force"])
+    assert check_resume(stored, forced, "ckpt") == ["optim.lr: 0.001 -> 0.02"]
+    old = {k: v for k, v in stored.items()}
+    old["optim"] = {k: v for k, v in stored["optim"].items() if k != "nonfinite_grads"}  # from an older version
+    assert check_resume(old, load_config(BASE_DICT), "ckpt") == []
+    assert check_resume(None, forced, "empty folder") == []
+
+
+def test_logs_cut_back_to_the_checkpoint_and_torn_lines(tmp_path, capsys):
+    import json
+
+    from trainer.report import final_rows
+    from trainer.runlog import read_jsonl, resume_logs
+
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)) + '{"st')
+    (tmp_path / "samples" / "rank1.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (3, 4, 5)))
+    row = {"dataset": "u", "epoch": 1, "clips": 1, "protocol": "all_classes"}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({**row, "step": 2}) + "\n" + json.dumps({**row, "step": 4}) + "\n"
+                                            + json.dumps({**row, "step": 5}) + "\n" + '{"dataset": "u", "ep')
+    assert len(final_rows(tmp_path)) == 3 and "torn last line" in capsys.readouterr().err  # report tolerates it
+    resume_logs(tmp_path, 0, 4, redo_eval=False)
+    resume_logs(tmp_path, 1, 4, redo_eval=False)
+    assert [r["step"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_jsonl(tmp_path / "samples" / "rank1.jsonl")] == [3, 4]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2, 4]
+    resume_logs(tmp_path, 0, 4, redo_eval=True)  # the evaluation at step 4 runs again: its lines go
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2]
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_jsonl(tmp_path / "train_log.jsonl")
+
+
+SIGNALS_SCRIPT = r"""
+import os, signal, sys, time
+from trainer.faults import Interrupted, Signals
+s = Signals().install()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    print("not interrupted")
+except Interrupted as e:
+    print("interrupted", e.signum)
+s.signum = None
+with s.deferred():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    print("deferred", s.signum, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # the second: exit at once
+    time.sleep(5)
+    print("still running")
+"""
+
+
+def test_signals_interrupt_outside_the_step_loop_and_a_second_one_exits():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[:2] == [f"interrupted {int(signal.SIGTERM)}", f"deferred {int(signal.SIGINT)}"]
+    assert "still running" not in r.stdout and r.returncode == 128 + signal.SIGTERM
+    assert "second signal (SIGTERM): exiting now" in r.stderr
+
+
+ORPHAN_SCRIPT = r"""
+import os, signal, sys, time
+from trainer.faults import Signals
+Signals().install()
+child = os.fork()
+if child == 0:  # a loader's reader process
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the trainer dies without cleaning up
+"""
+
+
+def test_forked_readers_exit_when_the_trainer_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    r = subprocess.run([sys.executable, "-c", ORPHAN_SCRIPT], capture_output=True, text=True, timeout=30)
+    child = int(r.stdout.split()[0])  # run() returned: no orphan held the pipes for its 60 s
+    deadline = time.time() + 10
+    while time.time() < deadline and psutil.pid_exists(child) and psutil.Process(child).status() != "zombie":
+        time.sleep(0.1)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"

@@ -25,6 +25,7 @@ class RunConfig(Section):
     deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN deterministic, no cuDNN benchmark (CPU runs are deterministic anyway)
     threads: int | None = Field(None, gt=0)  # torch intra-op threads per rank; None = torch's default
     sample_log: bool = False  # each rank appends the sample keys of every step to samples/rank<r>.jsonl
+    resume: Literal["auto", "force"] = "auto"  # auto: resume only a run whose stored config matches (outside RESUME_MAY_CHANGE); force: resume it anyway
 
 
 class DataConfig(Section):
@@ -78,6 +79,8 @@ class EmbeddingConfig(Section):
     model: str | None = None  # kind sentence_transformer: a local sentence-transformers model folder (nothing is downloaded)
     cache: str | None = None  # class-embedding cache (.npz); None = <out_dir>/class_embeddings.npz
     normalize_words: bool = True  # unit-normalise each word vector before the mean (the paper's code does: init_sims)
+    format: Literal["auto", "fasttext", "word2vec-bin", "word2vec-text", "gensim"] = "auto"  # auto: sniffed, data formats only; gensim (KeyedVectors.save, a pickle) also needs trusted
+    trusted: bool = False  # allow pickle-based vector files (format gensim): loading one runs code from the file
     lemmatize_verbs: bool = False  # verbs in base form before embedding, "playing guitar" -> "play guitar" (the paper's code does)
     class_texts: str | None = None  # YAML/JSON map class -> text or list of texts (averaged) to embed instead of the name
 
@@ -114,6 +117,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0)  # Adam weight decay
     amp: Literal["bf16", "none"] = "bf16"  # autocast dtype on CUDA (CPU runs in float32)
     grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm; None = off
+    nonfinite_grads: Literal["skip", "stop"] = "skip"  # a step whose gradient norm is inf/NaN on any rank: skip its update (counted, logged, TensorBoard train/skipped_steps) or stop the run
 
     @model_validator(mode="after")
     def _milestones_sorted(self):
@@ -201,6 +205,65 @@ def load_config(source: str | Path | dict, overrides: list[str] = (), name: str 
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e, label)) from None
+
+
+# Fields that may differ between a run's stored config and the command that resumes it: they change
+# how the run is observed or fed, not what it computes ("eval.*": every key under eval).
+RESUME_MAY_CHANGE = ("run.out_dir", "run.resume", "run.log_every", "run.threads", "run.sample_log", "eval.*",
+                     "data.train.num_threads", "data.train.prefetch", "data.train.py_workers", "data.train.verify",
+                     "embeddings.cache",
+                     "checkpoint.every_steps", "checkpoint.keep_last")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_conflicts(stored: dict, cfg: TrainConfig) -> list[str]:
+    """`key: stored -> current` for every field outside RESUME_MAY_CHANGE where the config a run was
+    started with (`stored`: a checkpoint's or config.yaml's dict) differs from `cfg`."""
+    try:  # fill the defaults of fields newer than the stored config, so they do not count as changed
+        raw = copy.deepcopy(stored)
+        raw.get("data", {}).get("train", {}).pop("batch_size", None)  # dumped, but derived (not settable)
+        stored = load_config(raw).model_dump(mode="json")
+    except ConfigError:
+        pass  # written by another version: compare what is there
+    old, new = _flat(stored), _flat(cfg.model_dump(mode="json"))
+
+    def may_change(key: str) -> bool:
+        return any(key == m or (m.endswith(".*") and key.startswith(m[:-1])) for m in RESUME_MAY_CHANGE)
+
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not may_change(k)]
+
+
+def stored_config(out_dir: str | Path) -> dict | None:
+    """The config.yaml a run wrote into `out_dir` (the record of a run that has no checkpoint yet)."""
+    path = Path(out_dir) / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None
+
+
+def check_resume(stored: dict | None, cfg: TrainConfig, source) -> list[str]:
+    """Refuse to continue another run: the config a run folder's run was started with (`stored`, read
+    from `source`: its checkpoint or config.yaml; None for an empty folder) must equal `cfg` outside
+    RESUME_MAY_CHANGE. Returns the differences that `run.resume: force` lets through.
+
+    Raises:
+        ConfigError: they differ (and run.resume is auto), listing the fields and the two ways out.
+    """
+    diff = resume_conflicts(stored, cfg) if stored is not None else []
+    if not diff or cfg.run.resume == "force":
+        return diff
+    raise ConfigError(
+        f"run.out_dir {cfg.run.out_dir} holds another run: its config ({source}) differs from this one in\n  "
+        + "\n  ".join(diff) + f"\nOnly these may change when a run is resumed: {', '.join(RESUME_MAY_CHANGE)}. "
+        "Start a new run with another run.out_dir, or continue this one with these changes: run.resume=force.")
 
 
 def lr_at(optim: OptimConfig, epoch: int) -> float:

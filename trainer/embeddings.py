@@ -210,25 +210,36 @@ def sniff_vectors_format(path: str | Path) -> str:
                      "KeyedVectors file; pass the format explicitly if it is one of them")
 
 
-def load_vectors(path: str | Path, fmt: VectorsFormat = "auto") -> WordVectors:
+def load_vectors(path: str | Path, fmt: VectorsFormat = "auto", trusted: bool = False) -> WordVectors:
     """Read a word-vectors file (this is the slow step: seconds to minutes for a multi-GB file).
+
+    Vectors are data: every format is parsed as data except gensim's `KeyedVectors.save` files,
+    which are pickles (loading one runs code from the file, e.g. a downloaded "word2vec .bin" whose
+    first byte is 0x80). Those need `fmt="gensim"` and `trusted=True`, never `auto`.
 
     Args:
         path: the vectors file.
-        fmt: `auto` (sniff the file), `fasttext`, `word2vec-bin`, `word2vec-text` or `gensim`.
+        fmt: `auto` (sniff the file; data formats only), `fasttext`, `word2vec-bin`, `word2vec-text`
+            or `gensim`.
+        trusted: allow the pickle-based `gensim` format.
 
     Returns:
         The loaded vectors.
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: a pickle-based file without `fmt="gensim"` and `trusted=True`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"word-vectors file {path} not found: point --vectors (or the config's "
                                 "vectors path) at a fastText .bin or word2vec .bin/.vec file")
-    if fmt == "auto":
-        fmt = sniff_vectors_format(path)
+    sniffed = sniff_vectors_format(path) if fmt == "auto" else fmt
+    if sniffed == "gensim" and (fmt != "gensim" or not trusted):
+        raise ValueError(f"{path} is a pickle (gensim KeyedVectors.save format): loading it runs code stored in the "
+                         "file. Only for a file you trust: set embeddings.format: gensim and embeddings.trusted: "
+                         "true. Otherwise use word2vec .bin/.vec or fastText .bin vectors (read as data).")
+    fmt = sniffed
     log.info("loading %s vectors from %s", fmt, path)
     if fmt == "fasttext":
         return FastTextVectors(path)
@@ -236,14 +247,14 @@ def load_vectors(path: str | Path, fmt: VectorsFormat = "auto") -> WordVectors:
 
 
 def load_encoder(path: str | Path, kind: EncoderKind = "word_vectors",
-                 fmt: VectorsFormat = "auto") -> WordVectors | SentenceEncoder:
+                 fmt: VectorsFormat = "auto", trusted: bool = False) -> WordVectors | SentenceEncoder:
     """Load the text encoder of a kind: `load_vectors` or `SentenceEncoder`."""
     if kind == "sentence_transformer":
         log.info("loading the sentence-transformers model %s", path)
         return SentenceEncoder(path)
     if kind != "word_vectors":
         raise ValueError(f"unknown embeddings kind {kind!r}: word_vectors or sentence_transformer")
-    return load_vectors(path, fmt)
+    return load_vectors(path, fmt, trusted)
 
 
 def encode_texts(encoder: WordVectors | SentenceEncoder, texts: Iterable[str], *, normalize_words: bool = True,
@@ -478,7 +489,7 @@ def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
                      cache_path: str | Path | None = None, *, fmt: VectorsFormat = "auto",
                      kind: EncoderKind = "word_vectors", normalize_words: bool = True,
                      drop_stop_words: bool = True, lemmatize_verbs: bool = False,
-                     class_texts: dict[str, list[str]] | None = None) -> np.ndarray:
+                     class_texts: dict[str, list[str]] | None = None, trusted: bool = False) -> np.ndarray:
     """Class embeddings for the trainer, read from the cache when it matches, else computed and cached.
 
     Call it on one rank and broadcast the result: a miss loads the whole encoder. A cache matches
@@ -494,6 +505,7 @@ def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
             cannot be checked.
         cache_path: the `.npz` cache (e.g. next to the shards or the run); None: no cache.
         fmt: the vectors file's format (`auto`: sniffed; word vectors only).
+        trusted: allow a pickle-based vectors file (`load_vectors`).
         kind: `word_vectors` or `sentence_transformer` (`load_encoder`).
         normalize_words: see `embed_texts` (default: the paper's unit word vectors).
         drop_stop_words: see `embed_texts` (default: the paper's rule).
@@ -511,7 +523,7 @@ def class_embeddings(texts: Iterable[str], vectors_path: str | Path | None,
     """
     texts = list(texts)
     options = dict(fmt=fmt, kind=kind, normalize_words=normalize_words, drop_stop_words=drop_stop_words,
-                   lemmatize_verbs=lemmatize_verbs)
+                   lemmatize_verbs=lemmatize_verbs, trusted=trusted)
     if not class_texts:
         return _cached_embeddings(texts, vectors_path, cache_path, **options)
     described = [class_texts.get(t, [t]) for t in texts]
@@ -542,12 +554,13 @@ def embeddings_for(section, texts: Iterable[str], cache_path: str | Path | None 
     if mapping is None and s.get("class_texts"):
         mapping = load_class_texts(s["class_texts"])
     return class_embeddings(texts, path, cache_path, kind=kind, normalize_words=s.get("normalize_words", True),
-                            lemmatize_verbs=s.get("lemmatize_verbs", False), class_texts=mapping)
+                            lemmatize_verbs=s.get("lemmatize_verbs", False), class_texts=mapping,
+                            fmt=s.get("format", "auto"), trusted=s.get("trusted", False))
 
 
 def _cached_embeddings(texts: list[str], vectors_path: str | Path | None, cache_path: str | Path | None, *,
                        fmt: VectorsFormat, kind: EncoderKind, normalize_words: bool, drop_stop_words: bool,
-                       lemmatize_verbs: bool) -> np.ndarray:
+                       lemmatize_verbs: bool, trusted: bool = False) -> np.ndarray:
     """`class_embeddings` of plain texts: the cache logic."""
     vectors_path = Path(vectors_path) if vectors_path is not None else None
     cache_path = Path(cache_path) if cache_path is not None else None
@@ -590,7 +603,7 @@ def _cached_embeddings(texts: list[str], vectors_path: str | Path | None, cache_
                                   "the config at the vectors file, or delete the cache.")
         log.info("class-embedding cache %s is stale (%s): recomputing", cache_path, problem)
 
-    encoder = load_encoder(vectors_path, kind, fmt)
+    encoder = load_encoder(vectors_path, kind, fmt, trusted)
     options = dict(normalize_words=normalize_words, drop_stop_words=drop_stop_words,
                    lemmatize_verbs=lemmatize_verbs)
     if cached_rows:

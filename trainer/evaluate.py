@@ -25,12 +25,12 @@ import torch
 
 from dali_pipelines.loader import make_eval_loader
 from sharding.reader import ShardError, load_shards
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.checkpoint import list_checkpoints, load_checkpoint, resume_point
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.distributed import (all_gather_objects, broadcast_object, dist_env, init_process_group, pick_device,
                                  print0)
 from trainer.embeddings import embeddings_for
-from trainer.faults import TrainingError, run_cli
+from trainer.faults import Signals, TrainingError, inject, run_cli
 from trainer.model import autocast_dtype, build_model
 
 
@@ -42,16 +42,31 @@ def topk_accuracy(pred: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, k
         labels: (V,) index of each video's true class in `class_emb`.
         class_emb: (C, D) class embeddings.
 
+    Ties count against the prediction: a video's rank is the number of *other* classes scoring at
+    least as high as its true class, so a model that scores every class alike (a zero output, a
+    dead head) ranks every video last, never first.
+
     Example: two classes at (1, 0) and (0, 1); predictions (0.9, 0.1) labelled 0 and (0.8, 0.2)
-    labelled 1 -> top-1 50%, top-5 100% (k is capped at C).
+    labelled 1 -> top-1 50%, top-5 100% (k is capped at C); a prediction (1, 1) is tied between
+    the two and counts as a top-1 miss for either label.
+
+    Raises:
+        ValueError: a prediction that is not finite (NaN weights would otherwise tie every class).
     """
-    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
-    c = class_emb / np.linalg.norm(class_emb, axis=1, keepdims=True)
+    if not np.isfinite(pred).all():
+        raise ValueError(f"{int((~np.isfinite(pred).all(1)).sum())} of {len(pred)} predicted embeddings are "
+                         "not finite")
+    p = _unit_rows(pred)
+    c = _unit_rows(class_emb)
     sim = p @ c.T  # (V, C)
-    # rank of the true class = number of classes scoring strictly higher
     true = sim[np.arange(len(labels)), labels]
-    rank = (sim > true[:, None]).sum(1)
+    rank = (sim >= true[:, None]).sum(1) - 1  # the true class itself is always >= itself
     return {f"top{k}": float(100.0 * np.mean(rank < min(k, c.shape[0]))) for k in ks}
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    # a zero row stays zero (cosine 0 with every class: all tied) instead of becoming 0/0 = NaN
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def protocol1(pred: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, splits: int = 10) -> dict[str, float]:
@@ -106,9 +121,20 @@ def predict(model, loader, device, amp_dtype=None) -> tuple[np.ndarray, np.ndarr
     return pred[order], lab[order], vid[order]
 
 
-def evaluate_set(model, ts: TestSet, clips: int, device, amp_dtype=None) -> tuple[list[dict], dict]:
-    """Run one test set; returns (metric rows, arrays for the npz)."""
+def evaluate_set(model, ts: TestSet, clips: int, device, amp_dtype=None,
+                 source: str = "the model") -> tuple[list[dict], dict]:
+    """Run one test set; returns (metric rows, arrays for the npz).
+
+    Raises:
+        TrainingError: a predicted embedding is not finite, naming the set and `source` (the
+            checkpoint or training step the weights come from).
+    """
     pred, labels, videos = predict(model, ts.loaders[clips], device, amp_dtype)
+    bad = ~np.isfinite(pred).all(1)
+    if bad.any():
+        raise TrainingError(f"test set '{ts.name}': {int(bad.sum())} of {len(pred)} predicted embeddings are not "
+                            f"finite (NaN/inf) with {source}: its weights are broken; no accuracy is reported. "
+                            "Evaluate an earlier checkpoint (checkpoint=PATH).")
     n_classes = len(ts.class_names)
     base = {"dataset": ts.name, "clips": clips, "n_videos": int(len(labels)), "n_classes": n_classes,
             "seen": ts.seen}
@@ -133,8 +159,9 @@ def per_class_figure(arrays: dict, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = arrays["pred"] / np.linalg.norm(arrays["pred"], axis=1, keepdims=True)
-    hit = (p @ arrays["class_emb"].T).argmax(1) == arrays["labels"]
+    sim = _unit_rows(arrays["pred"]) @ _unit_rows(arrays["class_emb"]).T  # (V, C)
+    true = sim[np.arange(len(sim)), arrays["labels"]]
+    hit = (sim >= true[:, None]).sum(1) == 1  # topk_accuracy's tie rule: a tie is a miss
     C = len(arrays["class_names"])
     acc = np.array([hit[arrays["labels"] == c].mean() * 100 if (arrays["labels"] == c).any() else 0 for c in range(C)])
     order = np.argsort(acc)
@@ -215,6 +242,44 @@ def embed_all(cfg: TrainConfig, texts: list[str], rank: int) -> np.ndarray:
     return broadcast_object(emb)
 
 
+COINCIDE = 0.9999  # cosine above which two class embeddings count as the same point
+
+
+def coinciding(emb_a: np.ndarray, emb_b: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+    """(i, j, cosine) of the class pairs whose embeddings coincide (cosine > COINCIDE): within `emb_a`
+    (i < j), or between `emb_a` row i and `emb_b` row j."""
+    a = _unit_rows(emb_a)
+    sim = a @ (a if emb_b is None else _unit_rows(emb_b)).T
+    if emb_b is None:
+        sim = np.triu(sim, k=1) - np.tril(np.full_like(sim, 2.0))  # each pair once, never a class with itself
+    return [(int(i), int(j), float(sim[i, j])) for i, j in zip(*np.nonzero(sim > COINCIDE))]
+
+
+def check_embeddings(ts: TestSet, train_names: list[str], train_emb: np.ndarray) -> None:
+    """Report the classes of `ts` that cannot be told apart (identical embeddings: the mean of word
+    vectors ignores word order, so "climbing a rope" and "rope climbing" coincide), and refuse a
+    zero-shot set with a class whose embedding coincides with a training class's.
+
+    Raises:
+        TrainingError: a class of an unseen test set coincides with a training class (leakage the
+            name-based overlap check cannot see).
+    """
+    for i, j, cos in coinciding(ts.class_emb):
+        print0(f"warning: test set '{ts.name}': classes '{ts.class_names[i]}' and '{ts.class_names[j]}' have "
+               f"the same embedding (cosine {cos:.5f}): indistinguishable by construction, one of them is always "
+               "ranked below the other")
+    if ts.seen:
+        return
+    leak = [f"'{ts.class_names[i]}' ~ '{train_names[j]}' (cosine {cos:.5f})"
+            for i, j, cos in coinciding(ts.class_emb, train_emb)]
+    if leak:
+        raise TrainingError(
+            f"test set '{ts.name}' has {len(leak)} classes whose embedding coincides with a training class's: "
+            f"{', '.join(leak[:5])}{' ...' if len(leak) > 5 else ''}. The model is trained on that very target, "
+            "so this is not zero-shot. Rebuild the training shards with --exclude-classes, or mark the set "
+            "`seen: true`.")
+
+
 def build_test_sets(cfg: TrainConfig, train_classes: list[dict], test_loaders: list[dict],
                     rank: int) -> tuple[list[TestSet], np.ndarray]:
     """Check the zero-shot sets against the training classes, embed every class of the run once, and
@@ -234,19 +299,24 @@ def build_test_sets(cfg: TrainConfig, train_classes: list[dict], test_loaders: l
         test_sets.append(TestSet(ts.name, loaders, [c["name"] for c in classes], [c["text"] for c in classes],
                                  all_emb[[row[c["text"]] for c in classes]],
                                  all_emb[extra] if ts.generalized else None, ts.seen))
-    return test_sets, all_emb[[row[c["text"]] for c in train_classes]]
+    train_emb = all_emb[[row[c["text"]] for c in train_classes]]
+    for ts in test_sets:
+        check_embeddings(ts, [c["name"] for c in train_classes], train_emb)
+    return test_sets, train_emb
 
 
 def evaluate_all(model, test_sets: list[TestSet], clips: int, device, amp_dtype, out_dir: Path, epoch: int,
-                 step: int, writer=None) -> None:
-    """Every test set at `clips` clips per video; rank 0 prints and writes the results."""
+                 step: int, writer=None, source: str = "the model") -> None:
+    """Every test set at `clips` clips per video; rank 0 prints and writes the results. `source`
+    names the weights in errors (a checkpoint, a training step)."""
     for ts in test_sets:
-        rows, arrays = evaluate_set(model, ts, clips, device, amp_dtype)
+        rows, arrays = evaluate_set(model, ts, clips, device, amp_dtype, source)
         if dist_env()[0] == 0:
             write_results(out_dir, rows, arrays, ts.name, epoch, step, writer)
             for r in rows:
                 print0(f"eval {ts.name:>12} {r['protocol']:>16} clips {clips:2d}: top1 {r['top1']:6.2f}  "
                        f"top5 {r['top5']:6.2f}  ({r['n_videos']} videos, {r['n_classes']} classes)")
+        inject("eval", step)
 
 
 # ---------------------------------------------------------------------------------------- the command
@@ -256,7 +326,8 @@ USAGE = "usage: python -m trainer.evaluate CONFIG [checkpoint=PATH] [key=value .
 
 def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -> int:
     """Evaluate `checkpoint` (default: the newest in run.out_dir) on every `eval.sets` entry with
-    `eval.clips` clips per video; results go to run.out_dir (metrics.jsonl, eval/, tb/)."""
+    `eval.clips` clips per video; results go to run.out_dir (metrics.jsonl, eval/, tb/; never its
+    config.yaml, which is the training run's). A signal stops it at once."""
     rank, local_rank, world_size = dist_env()
     try:
         cfg = load_config(config, overrides)
@@ -264,8 +335,7 @@ def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -
         print0(f"error: {e}")
         return 2
     out_dir = Path(cfg.run.out_dir)
-    ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(out_dir)
-    if ckpt_path is None:
+    if checkpoint is None and not list_checkpoints(out_dir):
         print0(f"error: no checkpoint in {out_dir / 'checkpoints'} to evaluate; pass checkpoint=PATH "
                f"({USAGE.split(': ', 1)[1]})")
         return 2
@@ -273,12 +343,18 @@ def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
+    Signals().install()  # before the loaders fork; any signal interrupts at once
     dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
     test_loaders = make_test_loaders(cfg, [cfg.eval.clips], rank, world_size, local_rank, dev_str)
     device = pick_device(local_rank)
     init_process_group(device, world_size)
 
-    ckpt = load_checkpoint(ckpt_path)
+    if checkpoint is not None:
+        ckpt_path, ckpt = Path(checkpoint), load_checkpoint(checkpoint)
+    else:  # the newest readable one, chosen by rank 0 for every rank
+        ckpt_path, ckpt = resume_point(out_dir, rank)
+        if ckpt is None:
+            raise TrainingError(f"no checkpoint in {out_dir / 'checkpoints'} can be read; pass checkpoint=PATH")
     train_classes = eval_train_classes(cfg.data.train.shards, ckpt_path, ckpt)
     test_sets, train_emb = build_test_sets(cfg, train_classes, test_loaders, rank)
     model = build_model(cfg.model.backbone, train_emb.shape[1], cfg.model.dropout, cfg.model.widths,
@@ -291,12 +367,10 @@ def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
-        import yaml
 
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         writer = SummaryWriter(str(out_dir / "tb"))
     evaluate_all(model, test_sets, cfg.eval.clips, device, autocast_dtype(cfg.optim.amp, device), out_dir,
-                 ckpt["epoch"], ckpt["step"], writer)
+                 ckpt["epoch"], ckpt["step"], writer, source=f"checkpoint {ckpt_path}")
     if writer is not None:
         writer.close()
     return 0

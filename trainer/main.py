@@ -24,20 +24,18 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dali_pipelines.loader import make_train_loader
-from trainer.checkpoint import (init_backbone, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from trainer.checkpoint import init_backbone, non_finite, resume_run, rng_state, save_checkpoint
 from trainer.config import ConfigError, load_config, lr_at
 from trainer.distributed import (all_gather_objects, any_rank, dist_env, init_process_group, is_dist, pick_device,
                                  print0, sum_over_ranks)
 from trainer.evaluate import build_test_sets, evaluate_all, make_test_loaders
 from trainer.evaluate import main as evaluate_main
-from trainer.faults import TrainingError, run_cli
+from trainer.faults import Signals, TrainingError, inject, run_cli
 from trainer.model import autocast_dtype, build_model
-from trainer.runlog import StepLog
+from trainer.runlog import StepLog, open_run_dir
 
 
 def set_determinism(enabled: bool) -> None:
@@ -82,6 +80,26 @@ def train_step(fwd, optimizer: torch.optim.Optimizer, clips: torch.Tensor, targe
     return loss_all, ok
 
 
+NONFINITE_FIXES = "Lower optim.lr, set optim.grad_clip, or optim.nonfinite_grads=skip (steps with inf gradients)."
+
+
+def eval_due(cfg, done: int) -> int | None:
+    """Clips per video of the evaluation after epoch `done` (1-based), or None: quick ones every
+    eval.every_epochs, the full one after the last epoch."""
+    if done == cfg.optim.epochs:
+        return cfg.eval.clips
+    return cfg.eval.quick_clips if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 else None
+
+
+def nan_loss_error(loss: float, step: int, epoch: int, keys: list[str], last_ckpt, out_dir: Path) -> TrainingError:
+    return TrainingError(
+        f"loss is {loss} at step {step} (epoch {epoch}); this rank's batch: {keys[:8]}{' ...' if len(keys) > 8 else ''}. "
+        f"Last good checkpoint: {last_ckpt} (the newest written before this step, and finite: non-finite weights "
+        f"are never saved; older ones are in {out_dir / 'checkpoints'}). Lower optim.lr or set optim.grad_clip, "
+        "inspect those samples (python -m dali_pipelines.dump), then re-run the same command to resume from the "
+        "newest checkpoint (delete newer ones to go further back).")
+
+
 def run(config_path: str, overrides: list[str]) -> int:
     # ---------------------------------------------------------------- config and distributed env
     rank, local_rank, world_size = dist_env()
@@ -102,17 +120,7 @@ def run(config_path: str, overrides: list[str]) -> int:
     set_determinism(cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
-
-    # SIGTERM/SIGINT only raise a flag: the loop checkpoints and exits at the next step. Installed
-    # before the loaders fork their reader processes (py_workers > 0), which inherit it: a signal to
-    # the whole process group must not kill a reader mid-batch.
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = Signals().install()  # before the loaders fork (see Signals); raises until the step loop
 
     # ---------------------------------------------------------------- loaders (before CUDA: they fork)
     dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
@@ -136,88 +144,83 @@ def run(config_path: str, overrides: list[str]) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     amp_dtype = autocast_dtype(cfg.optim.amp, device)
 
-    # ---------------------------------------------------------------- resume
-    step, start_epoch = 0, 0
-    ckpt_path = latest_checkpoint(out_dir)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        train_loader.load_state_dict(ckpt["loader_state"])
-        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
-        step, start_epoch = ckpt["step"], ckpt["epoch"]
-        print0(f"resumed from {ckpt_path} (step {step}, epoch {start_epoch})")
-
-    writer = None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.run.sample_log:
-        (out_dir / "samples").mkdir(exist_ok=True)
-    if is_main:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"))
+    # ---------------------------------------------------------------- resume (the same run only)
+    last_ckpt, ckpt = resume_run(out_dir, rank, cfg, model, optimizer, train_loader)
+    step, skipped, redo_eval = (ckpt["step"], ckpt.get("skipped_steps", 0), ckpt.get("pending_eval")) if ckpt else (0, 0, None)
+    writer = open_run_dir(cfg, out_dir, rank, step, redo_eval is not None)
 
     ddp = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if is_dist() else model
     fwd = torch.compile(ddp) if cfg.model.compile else ddp
 
-    def save(epoch: int) -> Path:
+    def save(epoch: int, pending_eval: int | None = None) -> Path:
+        bad = non_finite({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+        if any_rank(bool(bad), device):  # every rank refuses together
+            raise TrainingError(f"the weights after step {step} are not finite ({bad[:3] or 'on another rank'}): "
+                                f"not saved. Last good checkpoint: {last_ckpt}. {NONFINITE_FIXES}")
         rngs = all_gather_objects(rng_state())
         # every rank's parameter checksum: DDP keeps them equal, and a checkpoint says so
         checksums = all_gather_objects(float(sum(p.double().sum().item() for p in model.parameters())))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "epoch": epoch, "rng": rngs, "loader_state": train_loader.state_dict(),
-                 "config": cfg.model_dump(mode="json"), "param_checksums": checksums,
-                 "train_classes": train_classes}
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+                 "rng": rngs, "loader_state": train_loader.state_dict(), "config": cfg.model_dump(mode="json"),
+                 "param_checksums": checksums, "train_classes": train_classes, "skipped_steps": skipped,
+                 "pending_eval": pending_eval}  # the evaluation that follows: redone if the run dies in it
         path = out_dir / "checkpoints" / f"ckpt_{step:07d}.pt"
         if is_main:
             path = save_checkpoint(out_dir, step, state, cfg.checkpoint.keep_last)
         if is_dist():
             dist.barrier()
+        inject("saved", step)
         return path
 
     def evaluate(clips: int, epoch: int) -> None:
-        evaluate_all(model, test_sets, clips, device, amp_dtype, out_dir, epoch, step, writer)
+        with signals.immediate():  # an evaluation stops at once: its checkpoint was written before it
+            evaluate_all(model, test_sets, clips, device, amp_dtype, out_dir, epoch, step, writer,
+                         source=f"the weights of step {step} ({last_ckpt})")
+        model.train()
 
     # ---------------------------------------------------------------- the loop
-    log = StepLog(cfg, out_dir, rank, writer, device, train_loader.steps_per_epoch * cfg.optim.epochs)
+    log = StepLog(cfg, out_dir, rank, writer, device, train_loader.steps_per_epoch * cfg.optim.epochs, skipped)
     print0(f"training: {world_size} ranks x {per_rank} clips, {train_loader.steps_per_epoch} steps/epoch, "
            f"{cfg.optim.epochs} epochs, device {device}, run {out_dir}")
-    last_ckpt = latest_checkpoint(out_dir)
     step0 = step
-    for epoch in range(train_loader.epoch, cfg.optim.epochs):
-        lr = lr_at(cfg.optim, epoch)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        model.train()
-        for batch in log.timed(train_loader):
-            clips = batch["clips"]
-            if cfg.model.channels_last:
-                clips = clips.contiguous(memory_format=torch.channels_last_3d)
-            loss, stepped = train_step(fwd, optimizer, clips, train_targets[batch["labels"]], amp_dtype,
-                                       cfg.optim.grad_clip)
-            if not torch.isfinite(loss):
-                keys = train_loader.keys(batch["index"])
-                raise TrainingError(
-                    f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); this rank's batch: "
-                    f"{keys[:8]}{' ...' if len(keys) > 8 else ''}. Last good checkpoint: {last_ckpt} (the newest "
-                    f"written before this step; older ones are in {out_dir / 'checkpoints'}). Lower optim.lr or "
-                    "set optim.grad_clip, inspect those samples (python -m dali_pipelines.dump), then re-run the "
-                    "same command to resume from the newest checkpoint (delete newer ones to go further back).")
-            step += 1
-            log.step(step, epoch, loss.item(), lr, train_loader.keys(batch["index"]))
-            if step % cfg.checkpoint.every_steps == 0:
-                last_ckpt = save(train_loader.epoch)
-            if any_rank(stop["signal"] is not None, device):
-                last_ckpt = save(train_loader.epoch)
-                print0(f"stopped by signal at step {step}; checkpoint {last_ckpt}. Re-run the same command to resume.")
-                return 128 + (stop["signal"] or signal.SIGTERM)
-        last_ckpt = save(epoch + 1)
-        done = epoch + 1
-        if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 and done < cfg.optim.epochs and test_sets:
-            evaluate(cfg.eval.quick_clips, done)
+    if redo_eval:  # the run stopped in (or after) the evaluation that follows its checkpoint
+        evaluate(redo_eval, ckpt["epoch"])
+    with signals.deferred():
+        for epoch in range(train_loader.epoch, cfg.optim.epochs):
+            lr = lr_at(cfg.optim, epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
             model.train()
-    print0(f"trained {step - step0} steps in {log.minutes():.1f} min")
-    evaluate(cfg.eval.clips, cfg.optim.epochs)
+            for batch in log.timed(train_loader):
+                clips = batch["clips"]
+                if cfg.model.channels_last:
+                    clips = clips.contiguous(memory_format=torch.channels_last_3d)
+                hook = inject("step", step + 1, model)
+                loss, stepped = train_step(fwd, optimizer, clips, train_targets[batch["labels"]], amp_dtype,
+                                           cfg.optim.grad_clip)
+                if hook is not None:
+                    hook.remove()
+                if not torch.isfinite(loss):
+                    raise nan_loss_error(loss.item(), step + 1, epoch + 1, train_loader.keys(batch["index"]),
+                                         last_ckpt, out_dir)
+                if not stepped and cfg.optim.nonfinite_grads == "stop":
+                    raise TrainingError(f"the gradient norm is not finite at step {step + 1} (optim.nonfinite_grads: stop); "
+                                        f"not applied. Last good checkpoint: {last_ckpt}. {NONFINITE_FIXES}")
+                skipped += not stepped
+                step += 1
+                log.step(step, epoch, loss.item(), lr, train_loader.keys(batch["index"]), skipped)
+                inject("after_step", step, model)
+                if step % cfg.checkpoint.every_steps == 0:
+                    last_ckpt = save(train_loader.epoch)
+                if any_rank(signals.signum is not None, device):
+                    last_ckpt = save(train_loader.epoch)
+                    print0(f"stopped by signal at step {step}; checkpoint {last_ckpt}. Re-run the same command to resume.")
+                    return 128 + (signals.signum or signal.SIGTERM)
+            due = eval_due(cfg, epoch + 1) if test_sets or epoch + 1 == cfg.optim.epochs else None
+            last_ckpt = save(epoch + 1, due)
+            if due:
+                evaluate(due, epoch + 1)
+    print0(f"trained {step - step0} steps in {log.minutes():.1f} min" + (f", {skipped} updates skipped" if skipped else ""))
     if writer is not None:
         writer.close()
     return 0

@@ -8,9 +8,10 @@ and chance level for each.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from trainer.runlog import read_jsonl
 
 
 def final_rows(run_dir: Path) -> list[dict]:
@@ -18,7 +19,7 @@ def final_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: has the run evaluated yet?")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)  # a torn last line (a kill mid-write) is skipped with a warning
     last: dict[str, tuple] = {}
     for r in rows:
         key = (r["epoch"], r["clips"])
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rows = final_rows(args.run_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     epoch = max(r["epoch"] for r in rows)
