@@ -95,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data.train.shards {shards} does not exist; pass --synthetic or "
               "data.train.shards=DIR", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()))
-                          else "cpu")  # is_available() does not initialise CUDA
+    # device_count() counts through NVML: CUDA stays uninitialised until the loader has forked
+    device = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.device_count() > 0))
+                          else "cpu")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    # fixed clip shapes: cuDNN autotunes each convolution once (as trainer/main.py does)
+    torch.backends.cudnn.benchmark = not cfg.run.deterministic
     batch = cfg.data.global_batch  # one process: the whole global batch
     data_cfg = cfg.data.train.model_copy(update={"batch_size": batch, "shards": shards,
                                                  "epoch_clips": max(batch * (2 * args.steps + args.warmup_steps + 4), 1)})

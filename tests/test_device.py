@@ -101,3 +101,25 @@ def test_bf16_autocast_keeps_the_unit_norm_in_float32():
         pred = model(clips)
     assert pred.dtype == torch.float32
     assert torch.allclose(pred.norm(dim=1), torch.ones(3), atol=1e-6)
+
+
+def test_rank_device_is_named_without_initialising_cuda(gpu_host_without_driver_init):
+    from trainer.distributed import device_name
+
+    assert device_name(0) == "cuda:0" and device_name(1) == "cuda:1"
+    with pytest.raises(RuntimeError, match=r"local rank 2, but 2 GPU\(s\) visible .*--nproc_per_node"):
+        device_name(2)  # e.g. a 3-rank torchrun on a 2-GPU node
+    assert not torch.cuda.is_initialized()
+
+
+def test_cpu_ranks_and_their_process_group():
+    from datetime import timedelta
+
+    from trainer.distributed import device_name, process_group_options
+
+    assert device_name(1) == "cpu"  # CUDA_VISIBLE_DEVICES="" (this machine has no GPU anyway)
+    gloo = process_group_options(torch.device("cpu"))
+    assert gloo["backend"] == "gloo" and "device_id" not in gloo
+    nccl = process_group_options(torch.device("cuda", 1))  # the GPU branch, constructed only
+    assert nccl["backend"] == "nccl" and nccl["device_id"] == torch.device("cuda", 1)
+    assert nccl["timeout"] == gloo["timeout"] == timedelta(minutes=30)

@@ -15,20 +15,49 @@ def dist_env() -> tuple[int, int, int]:
             int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def device_name(local_rank: int) -> str:
+    """'cuda:<local_rank>' when GPUs are visible, else 'cpu', WITHOUT initialising CUDA: the loaders
+    are built with it before they fork their source workers, which DALI refuses once the CUDA
+    driver is initialised. `torch.cuda.device_count()` counts through NVML;
+    `torch.cuda.is_available()` would call cudaGetDeviceCount, which initialises the driver."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        return "cpu"
+    if local_rank >= count:
+        raise RuntimeError(f"local rank {local_rank}, but {count} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}): start at most {count} processes per "
+                           "node (--nproc_per_node), or set CUDA_VISIBLE_DEVICES='' to run the ranks on the CPU")
+    return f"cuda:{local_rank}"
+
+
 def pick_device(local_rank: int) -> torch.device:
-    """cuda:<local_rank> when CUDA is there, else the CPU. Calling this initialises CUDA: build the
-    DALI loaders (which fork their reader processes) first."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """The rank's device (`device_name`), made current. This initialises CUDA: build the DALI
+    loaders (which fork their reader processes) first."""
+    device = torch.device(device_name(local_rank))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+# NCCL and gloo give up on a collective after this long (a rank that died or hangs): long enough for
+# a full evaluation pass between two collectives, short enough to free a node within the hour.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
+
+
+def process_group_options(device: torch.device) -> dict:
+    """`dist.init_process_group` arguments: nccl bound to the rank's GPU (`device_id`: the
+    communicator is created for that device at once, and barriers stop warning that the device is
+    unknown), gloo on the CPU."""
+    if device.type == "cuda":
+        return {"backend": "nccl", "timeout": PROCESS_GROUP_TIMEOUT, "device_id": device}
+    return {"backend": "gloo", "timeout": PROCESS_GROUP_TIMEOUT}
 
 
 def init_process_group(device: torch.device, world_size: int) -> None:
     """nccl on GPUs, gloo on CPU; nothing for a single process. torchrun's env:// rendezvous covers
     one node (--nproc_per_node) and several (--nnodes, --rdzv-endpoint)."""
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        dist.init_process_group(**process_group_options(device))
 
 
 def is_dist() -> bool:
