@@ -385,3 +385,51 @@ def test_forked_readers_exit_when_the_trainer_is_killed():
     while time.time() < deadline and psutil.pid_exists(child) and psutil.Process(child).status() != "zombie":
         time.sleep(0.1)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+
+
+NODE_LOCAL_SCRIPT = r"""
+import os, sys
+from pathlib import Path
+import torch.distributed as dist
+from trainer.checkpoint import resume_point
+from trainer.faults import TrainingError
+rank = int(os.environ["RANK"])
+os.chdir(sys.argv[1] + f"/node{rank}")  # each rank its own node-local run folder, same relative run.out_dir
+dist.init_process_group("gloo")
+try:
+    path, ckpt = resume_point(Path("run"), rank)
+    print(f"rank {rank} resumes {path} step {ckpt['step']}", flush=True)
+except TrainingError as e:
+    print(f"rank {rank} refused: {e}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_every_rank_resumes_rank_0s_checkpoint_or_all_refuse(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "resume.py"
+    script.write_text(NODE_LOCAL_SCRIPT)
+    save_checkpoint(tmp_path / "node0" / "run", 5, {"step": 5}, keep_last=3)
+    save_checkpoint(tmp_path / "node0" / "run", 3, {"step": 3}, keep_last=3)
+    (tmp_path / "node1" / "run").mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
+
+    def ranks():
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+
+    # node 1 lacks the file: both ranks refuse, naming rank 1 (no rank goes on alone to hang later)
+    out = ranks()
+    assert len(out) == 2 and all("refused: rank 0 resumes from run/checkpoints/ckpt_0000005.pt (step 5)" in x
+                                 for x in out) and "rank 1 cannot use: FileNotFoundError" in out[0]
+    # node 1 holds another step under that name (its own older run): refused too
+    save_checkpoint(tmp_path / "node1" / "run", 5, {"step": 4}, keep_last=3)
+    assert all("rank 1 cannot use: holds step 4, not 5" in x for x in ranks())
+    # node 1 has rank 0's newest (its own newest would be ckpt 7: rank 0 decides)
+    save_checkpoint(tmp_path / "node1" / "run", 5, {"step": 5}, keep_last=3)
+    save_checkpoint(tmp_path / "node1" / "run", 7, {"step": 7}, keep_last=3)
+    assert ranks() == ["rank 0 resumes run/checkpoints/ckpt_0000005.pt step 5",
+                       "rank 1 resumes run/checkpoints/ckpt_0000005.pt step 5"]
