@@ -123,3 +123,23 @@ def test_cpu_ranks_and_their_process_group():
     nccl = process_group_options(torch.device("cuda", 1))  # the GPU branch, constructed only
     assert nccl["backend"] == "nccl" and nccl["device_id"] == torch.device("cuda", 1)
     assert nccl["timeout"] == gloo["timeout"] == timedelta(minutes=30)
+
+
+def test_cudnn_autotunes_unless_deterministic():
+    from trainer.main import set_determinism
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        set_determinism(False)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_rng_state_does_not_initialise_cuda(gpu_host_without_driver_init):
+    from trainer.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()  # torch.cuda.is_available() would raise here
+    assert "cuda" not in state and not torch.cuda.is_initialized()
+    set_rng_state(state)

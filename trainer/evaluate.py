@@ -27,8 +27,8 @@ from dali_pipelines.loader import make_eval_loader
 from sharding.reader import ShardError, load_shards
 from trainer.checkpoint import list_checkpoints, load_checkpoint, resume_point
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.distributed import (all_gather_objects, broadcast_object, dist_env, init_process_group, pick_device,
-                                 print0)
+from trainer.distributed import (all_gather_objects, broadcast_object, device_name, dist_env, init_process_group,
+                                 pick_device, print0)
 from trainer.embeddings import embeddings_for
 from trainer.faults import Signals, TrainingError, inject, run_cli
 from trainer.model import autocast_dtype, build_model
@@ -344,7 +344,7 @@ def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
     Signals().install()  # before the loaders fork; any signal interrupts at once
-    dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
+    dev_str = device_name(local_rank)  # counts GPUs through NVML: CUDA stays uninitialised for the fork
     test_loaders = make_test_loaders(cfg, [cfg.eval.clips], rank, world_size, local_rank, dev_str)
     device = pick_device(local_rank)
     init_process_group(device, world_size)

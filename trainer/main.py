@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dali_pipelines.loader import make_train_loader
 from trainer.checkpoint import init_backbone, non_finite, resume_run, rng_state, save_checkpoint
 from trainer.config import ConfigError, load_config, lr_at
-from trainer.distributed import (all_gather_objects, any_rank, dist_env, init_process_group, is_dist, pick_device,
-                                 print0, sum_over_ranks)
+from trainer.distributed import (all_gather_objects, any_rank, device_name, dist_env, init_process_group, is_dist,
+                                 pick_device, print0, sum_over_ranks)
 from trainer.evaluate import build_test_sets, evaluate_all, make_test_loaders
 from trainer.evaluate import main as evaluate_main
 from trainer.faults import Signals, TrainingError, inject, run_cli
@@ -47,6 +47,8 @@ def set_determinism(enabled: bool) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: cuDNN autotunes each convolution once
 
 
 def train_step(fwd, optimizer: torch.optim.Optimizer, clips: torch.Tensor, targets: torch.Tensor,
@@ -123,7 +125,7 @@ def run(config_path: str, overrides: list[str]) -> int:
     signals = Signals().install()  # before the loaders fork (see Signals); raises until the step loop
 
     # ---------------------------------------------------------------- loaders (before CUDA: they fork)
-    dev_str = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # does not initialise CUDA
+    dev_str = device_name(local_rank)  # counts GPUs through NVML: CUDA stays uninitialised for the fork
     train_loader = make_train_loader(cfg.data.train.model_copy(update={"batch_size": per_rank}), rank, world_size,
                                      local_rank, dev_str)
     clip_counts = sorted({cfg.eval.clips, cfg.eval.quick_clips})
