@@ -85,7 +85,7 @@ def encode_image(path: str, min_short: int, max_short: int, quality: int) -> tup
 
 
 def process_image(item, label: int, opts: dict) -> dict:
-    """The builder's per-item worker for `--layout images` (see build.process_video's contract).
+    """The builder's per-item worker for `--layout images` (the result: sharding.media's docstring).
 
     One sample per image, key = its id, stored like a one-frame video: num_frames 1, one window
     start owned (own_start 0, own_count 1), so shard tables and ownership checks read unchanged.
