@@ -29,7 +29,7 @@ PEERS = tuple(DATALOADER_DECODERS) + ("spdl",)
 # torchcodec's two knobs: "<seek_mode>,<method>"; seek_mode approximate|exact, method at
 # (get_frames_at(indices)) | range (get_frames_in_range(start, stop)). The default is the best
 # of the four measured in benchmarks/RESULTS.md.
-TORCHCODEC_DEFAULT = "approximate,at"
+TORCHCODEC_DEFAULT = "approximate,range"
 DECODER_MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders", "spdl": "spdl.io"}
 # What to install where a peer's library is missing (the benchmark prints it and skips the peer).
 INSTALL_HINT = {
