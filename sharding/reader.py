@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,12 @@ class Cut(NamedTuple):
 class SampleReader:
     """Positional reads (`os.pread`) of a shard set's bytes through a bounded cache of open files.
 
-    Safe in threads (pread has no file position) and across fork (a forked process reopens its
-    own descriptors); picklable (descriptors are not pickled). At most `max_open` tars are open at
-    once, least recently used closed first, so a 10k-shard set does not exhaust the fd limit.
+    Safe in threads: pread has no file position, and a descriptor evicted from the cache while
+    another thread reads through it is closed only when that read ends (closing it at once could
+    let a new `open` reuse its number, and the reader would silently get another tar's bytes).
+    Safe across fork (a forked process reopens its own descriptors); picklable (descriptors are
+    not pickled). At most `max_open` tars are cached open, least recently used closed first, so a
+    10k-shard set does not exhaust the fd limit.
 
     Args:
         table: the shard set (its `tar_paths` and `offset` / `size` / `shard` columns).
@@ -135,13 +139,22 @@ class SampleReader:
         self.shard, self.offset, self.size = cols["shard"], cols["offset"], cols["size"]
         self.max_open = max(1, int(max_open))
         self._table = table if table.kf_ptr is not None else None  # keyframe-indexed: cut windows
-        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> fd, least recently used first
+        self._busy: dict[int, int] = {}  # fd -> reads in flight
+        self._evicted: set[int] = set()  # fds out of the cache, to close when their reads end
+        self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_fds"] = OrderedDict()
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_fds", "_busy", "_evicted", "_lock")}
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
 
     def __enter__(self) -> "SampleReader":
         return self
@@ -150,22 +163,43 @@ class SampleReader:
         self.close()
 
     def close(self) -> None:
-        if os.getpid() == self._pid:
+        """Close the cached descriptors (reads in flight close theirs when they end)."""
+        if os.getpid() != self._pid:
+            self._reset()
+            return
+        with self._lock:
             for fd in self._fds.values():
-                os.close(fd)
-        self._fds.clear()
+                self._release_or_defer(fd)
+            self._fds.clear()
 
-    def _fd(self, shard: int) -> int:
-        if os.getpid() != self._pid:  # a forked child: never share (or close) the parent's fds
-            self._fds, self._pid = OrderedDict(), os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            while len(self._fds) >= self.max_open:
-                os.close(self._fds.popitem(last=False)[1])
-            fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
+    def _release_or_defer(self, fd: int) -> None:
+        if self._busy.get(fd):
+            self._evicted.add(fd)
         else:
-            self._fds.move_to_end(shard)
-        return fd
+            os.close(fd)
+
+    def _acquire(self, shard: int) -> int:
+        if os.getpid() != self._pid:  # a forked child: never share (or close) the parent's fds
+            self._reset()
+        with self._lock:
+            fd = self._fds.get(shard)
+            if fd is None:
+                while len(self._fds) >= self.max_open:
+                    self._release_or_defer(self._fds.popitem(last=False)[1])
+                fd = self._fds[shard] = os.open(self.tar_paths[shard], os.O_RDONLY)
+            else:
+                self._fds.move_to_end(shard)
+            self._busy[fd] = self._busy.get(fd, 0) + 1
+            return fd
+
+    def _done(self, fd: int) -> None:
+        with self._lock:
+            self._busy[fd] -= 1
+            if not self._busy[fd]:
+                del self._busy[fd]
+                if fd in self._evicted:
+                    self._evicted.discard(fd)
+                    os.close(fd)
 
     def read_range(self, shard: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of tar number `shard` (any member: json, label, ...).
@@ -173,7 +207,11 @@ class SampleReader:
         Raises:
             ShardError: the tar ends before the range (truncated after validation).
         """
-        data = os.pread(self._fd(shard), size, offset)
+        fd = self._acquire(shard)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            self._done(fd)
         if len(data) != size:
             raise _fail(self.tar_paths[shard], f"short read at byte {offset} ({len(data)} of {size} "
                         "bytes): the shard was truncated or replaced after validation")

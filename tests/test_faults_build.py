@@ -266,6 +266,13 @@ def test_pool_kills_a_hung_task_after_the_timeout():
     assert got == [x * x if x != 2 else "failed 2: exceeded --video-timeout (1 s)" for x in range(6)]
 
 
+def test_pool_starts_the_costliest_queued_job_first():
+    costs = [1, 7, 3, 9, 2]
+    with WorkerPool(fault_jobs.started_at, 1, fault_jobs.failure) as pool:
+        starts = list(pool.imap([(c,) for c in costs], window=len(costs), cost=lambda job: job[0]))
+    assert sorted(costs, key=lambda c: starts[costs.index(c)]) == [9, 7, 3, 2, 1]  # results stay in input order
+
+
 def test_pool_recycles_workers():
     with WorkerPool(fault_jobs.worker_pid, 1, fault_jobs.failure, recycle_every=2) as pool:
         pids = list(pool.imap([(x,) for x in range(6)]))
@@ -562,6 +569,27 @@ def test_shard_truncated_after_start_up_is_named_by_the_reader(clean_build, tmp_
         f.truncate(int(table.columns["offset"][0]) + 10)
     with SampleReader(table) as reader, pytest.raises(ShardError, match=rf"{tar.name}: short read at byte"):
         reader.read(0)
+
+
+def test_sample_reader_threads_with_evictions_read_the_right_bytes(clean_build):
+    """Many threads over more tars than the fd cache holds: every read returns its own bytes (an fd
+    closed at eviction while another thread read through it could be reused for another tar)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sharding.reader import SampleReader
+
+    table = load_shards(clean_build)
+    assert len(table.tar_paths) >= 2
+    expected = []
+    for r in range(len(table)):
+        with open(table.tar_paths[int(table.columns["shard"][r])], "rb") as f:
+            f.seek(int(table.columns["offset"][r]))
+            expected.append(f.read(int(table.columns["size"][r])))
+    rows = np.random.default_rng(0).integers(0, len(table), 4000)
+    with SampleReader(table, max_open=1) as reader, ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(reader.read, rows))
+        assert len(reader._fds) <= 1 and not reader._busy and not reader._evicted
+    assert all(g == expected[r] for g, r in zip(got, rows))
 
 
 def test_run_config_data_verify_sha256_stops_the_loader_at_start_up(clean_build, tmp_path):
