@@ -189,16 +189,27 @@ def _failed(job: tuple, reason: str) -> dict:
     return {"video_id": item.video_id, "path": item.path, "error": reason}
 
 
+def _input_bytes(job: tuple) -> float:
+    """A job's cost for scheduling: its input's size (a missing file costs nothing; it fails fast)."""
+    try:
+        return float(os.path.getsize(job[0].path))
+    except OSError:
+        return 0.0
+
+
 def _ordered_results(items_with_labels, opts, args):
-    """Yield process_item results in input order, keeping at most 4*workers videos in flight so
-    memory stays bounded whatever the dataset size. --workers 0: in this process, no isolation."""
+    """Yield process_item results in input order, keeping at most 16*workers videos in flight so
+    memory stays bounded whatever the dataset size (results are encoded at the short side, small);
+    within that window the largest input starts first, so a long video does not run alone at the
+    end of the build. --workers 0: in this process, no isolation."""
     if args.workers == 0:
         for item, label in items_with_labels:
             yield process_item(item, label, opts)
         return
     with WorkerPool(process_item, args.workers, _failed, timeout=args.video_timeout,
                     recycle_every=args.worker_max_videos) as pool:
-        yield from pool.imap((item, label, opts) for item, label in items_with_labels)
+        yield from pool.imap(((item, label, opts) for item, label in items_with_labels),
+                             window=16 * args.workers, cost=_input_bytes)
 
 
 @dataclass

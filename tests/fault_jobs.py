@@ -32,3 +32,8 @@ def worker_pid(x: int) -> int:
 
 def failure(job: tuple, reason: str) -> str:
     return f"failed {job[0]}: {reason}"
+
+
+def started_at(x: int) -> float:
+    """When the worker began this job (CLOCK_MONOTONIC is one clock for all processes)."""
+    return time.monotonic()
