@@ -530,9 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     cores = args.cores or len(available)
     device = args.device
     if device == "auto":
-        import torch  # is_available() without initialising CUDA in this parent
+        import torch  # device_count() counts through NVML: no CUDA driver init in this parent
 
-        device = "gpu" if torch.cuda.is_available() else "cpu"
+        device = "gpu" if torch.cuda.device_count() > 0 else "cpu"
     notes: list[str] = []
     shards_of = prepare_shards(args, loaders, cores, notes)
     base = dict(batch_size=args.batch_size, seconds=args.seconds, windows=args.windows, warmup=args.warmup,

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             device = torch.device(args.device)
         except RuntimeError as e:
             raise PredictError(f"--device {args.device!r}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if device.type == "cuda" and torch.cuda.device_count() == 0:  # NVML: no driver init before the DALI graph
             raise PredictError(f"--device {args.device}: CUDA is not available here; use --device cpu")
         release = load_release(args.checkpoint, args.shards, args.config)
         check_build(release["build"])
