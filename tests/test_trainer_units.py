@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import signal
 from pathlib import Path
 
@@ -398,9 +400,9 @@ os.chdir(sys.argv[1] + f"/node{rank}")  # each rank its own node-local run folde
 dist.init_process_group("gloo")
 try:
     path, ckpt = resume_point(Path("run"), rank)
-    print(f"rank {rank} resumes {path} step {ckpt['step']}", flush=True)
+    print(f"@@rank {rank} resumes {path} step {ckpt['step']}", flush=True)
 except TrainingError as e:
-    print(f"rank {rank} refused: {e}", flush=True)
+    print(f"@@rank {rank} refused: {e}", flush=True)
 dist.destroy_process_group()
 """
 
@@ -419,7 +421,10 @@ def test_every_rank_resumes_rank_0s_checkpoint_or_all_refuse(tmp_path):
     def ranks():
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        return sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+        # each rank's one line, wherever it landed (the ranks share torchrun's stdout pipe)
+        got = sorted(m.group(1) for m in re.finditer(r"@@([^@\n]*)", r.stdout))
+        assert len(got) == 2, f"stdout: {r.stdout!r}\nstderr: {r.stderr[-2000:]}"
+        return got
 
     # node 1 lacks the file: both ranks refuse, naming rank 1 (no rank goes on alone to hang later)
     out = ranks()
