@@ -161,6 +161,7 @@ def test_missing_peer_is_skipped_with_install_hint(loader_run, monkeypatch):
     assert why and "cannot decode a sample of" in why and ivf in why
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg command line (apt-get install ffmpeg)")
 def test_build_benchmark_runs(tmp_path):
     """`python -m benchmarks.build` on two tiny videos (H.264 and MPEG-4): both sides transcode every
@@ -184,6 +185,7 @@ def test_build_benchmark_runs(tmp_path):
     assert "ours / ffmpeg" in proc.stdout
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 def test_graph_ops_benchmark_runs(loader_run, tmp_path):
     """`python -m benchmarks.graph_ops` times the decoder alone, the graph's augment and the earlier
     one on the same cut windows, and the torch alternatives."""

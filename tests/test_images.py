@@ -215,6 +215,7 @@ def test_image_loader_and_exact_resume(sun_shards):
     assert np.array_equal(again["index"].numpy(), batches[2]["index"].numpy())
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 def test_two_stage_recipe_end_to_end(tmp_path):
     """Stage 1 on still-image pseudo-videos, stage 2 on videos from stage 1's run folder."""
     write_demo_images(tmp_path / "images", per_class=2, classes=["red_circle", "blue_square", "green_triangle"],

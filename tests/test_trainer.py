@@ -150,6 +150,7 @@ def test_kill_and_resume_gives_the_same_losses(full_run, shards, tmp_path):
     assert resumed == reference  # bit-identical losses at every step, before and after the stop
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 def test_evaluate_cli_on_a_checkpoint(full_run):
     out, _ = full_run
     before = len((out / "metrics.jsonl").read_text().splitlines())
@@ -191,6 +192,7 @@ def test_evaluate_cli_exactly_as_the_readme_writes_it(full_run, tmp_path):
     assert {x["protocol"] for x in rows} == {"all_classes", "generalized"} and {x["step"] for x in rows} == {6}
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 def test_evaluate_without_training_shards_uses_the_checkpoints_classes(full_run, tmp_path):
     out, _ = full_run
     ckpt = out / "checkpoints" / "ckpt_0000006.pt"

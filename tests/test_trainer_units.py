@@ -407,6 +407,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
 def test_every_rank_resumes_rank_0s_checkpoint_or_all_refuse(tmp_path):
     import subprocess
     import sys
