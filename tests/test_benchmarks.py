@@ -177,12 +177,48 @@ def test_build_benchmark_runs(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert set(r["rows"]) == {"ours", "ffmpeg", "ffmpeg_longest_first"}
+    assert set(r["rows"]) == {"ours", "ffmpeg", "ffmpeg_longest_first", "pyav"}
     for row in r["rows"].values():
         assert row["videos"] == 2 and row["errors"] == 0 and row["bytes_out"] > 0, row
         assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["peak_rss_worker_mb"] > 0, row
-    assert r["ratios"]["cpu"] > 0 and r["core_hours_ours"] > 0
-    assert "ours / ffmpeg" in proc.stdout
+    assert r["ratios"]["cpu"] > 0 and r["ratios"]["cpu_vs_pyav"] > 0 and r["core_hours_ours"] > 0
+    assert "ours / ffmpeg" in proc.stdout and "ours / PyAV alone" in proc.stdout
+
+
+def test_pyav_reference_transcode_matches_the_builders_geometry(tmp_path):
+    """The build benchmark's PyAV-only side encodes every decoded frame at the builder's output size,
+    VP9 in IVF with a keyframe every 16 frames."""
+    import av
+
+    from benchmarks.build import pyav_transcode
+    from sharding.encode import output_size
+    from videos import write_video
+
+    write_video(tmp_path / "a.mp4", num_frames=40, width=200, height=150)
+    pyav_transcode(tmp_path / "a.mp4", tmp_path / "a.ivf", 200, 150)
+    with av.open(str(tmp_path / "a.ivf")) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "vp9"
+        assert (s.codec_context.width, s.codec_context.height) == output_size(200, 150, 128)
+        keys = [p.is_keyframe for p in c.demux(s) if p.size]
+    assert len(keys) == 40
+    assert [i for i, k in enumerate(keys) if k] == [0, 16, 32]
+
+
+def test_colour_conversion_benchmark_times_every_flag_set(tmp_path):
+    """`python -m benchmarks.colour_conversion` times DALI's bundled libswscale under DALI's flags
+    and the others, and writes them all."""
+    out = tmp_path / "cc.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.colour_conversion", "--frames", "30",
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from benchmarks.colour_conversion import FLAG_SETS
+
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == set(FLAG_SETS)
+    assert all(r["scale_ms"] > 0 and r["context_ms"] > 0 for r in rows.values())
+    assert rows["dali (bilinear | full_chr_h_int | accurate_rnd)"]["flags"] == "0x42002"
+    assert "per 16-frame clip" in proc.stdout
 
 
 @pytest.mark.slow  # 10-30 s: outside the default run's 10-minute budget; `make test-all` runs it
