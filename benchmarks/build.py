@@ -9,7 +9,11 @@ thread per process, `--workers` processes. Ours is `python -m sharding.build --s
 training shards: it also probes each input, plans the constant-rate grid, indexes keyframes and
 writes tars); the reference is one `ffmpeg ... -f ivf` per input run by a pool of `--workers`
 processes, in the order the builder dispatches the inputs (its seeded shard order) and longest
-input first.
+input first. The `ffmpeg` command line links the system's libvpx (Debian 12: 1.12), while the
+builder encodes with the libvpx PyAV bundles (PyAV 18.1: 1.16), so a third side, `pyav`, runs the
+same transcode through PyAV alone (`pyav_transcode`: decode, area scale, encode; `--workers`
+processes, longest first): ours / pyav is the builder's own overhead over the codec libraries it
+wraps, pyav / ffmpeg the difference between the two libvpx builds.
 
 Measured per side, in one run: wall time, videos/s, CPU-s (user + system of the processes and
 everything they waited for, from wait4), CPU-s per input MB, peak RSS of the largest worker process
@@ -33,6 +37,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 
 from benchmarks.measure import machine_info
@@ -265,6 +270,69 @@ def run_ffmpeg(inputs: list[Path], sizes: list[tuple[int, int, float]], out: Pat
             "tail_s": sampler.tail_seconds(wall), "workers": workers, "order": order}
 
 
+def pyav_transcode(src: Path, dst: Path, width: int, height: int) -> None:
+    """The same transcode through PyAV alone: the FFmpeg and libvpx the builder itself loads (the
+    `ffmpeg` command line links the system's libvpx, another version), with none of the builder's
+    work (no probe pass, frame plan, keyframe index or tar). Frames are encoded in decode order,
+    one per decoded frame (the inputs are constant-rate)."""
+    import av
+
+    from sharding.encode import output_size
+
+    w, h = output_size(width, height, SHORT_SIDE)
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="ivf") as out:
+        vin = inp.streams.video[0]
+        vin.thread_count = 1
+        rate = vin.average_rate or 25
+        enc = out.add_stream("libvpx-vp9", rate=rate)
+        enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+        enc.codec_context.thread_count = 1
+        enc.codec_context.gop_size = GOP
+        enc.options = {"crf": str(CRF), "b:v": "0", "deadline": "good", "cpu-used": str(SPEED),
+                       "lag-in-frames": "0", "auto-alt-ref": "0", "keyint_min": str(GOP)}
+        for i, frame in enumerate(inp.decode(vin)):
+            f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+            f.pts, f.time_base = i, Fraction(1, 1) / rate  # frame i at i / rate, whatever the input's clock
+            out.mux(enc.encode(f))
+        out.mux(enc.encode(None))
+
+
+def run_pyav(inputs: list[Path], sizes: list[tuple[int, int, float]], out: Path, workers: int) -> dict:
+    """`workers` processes (python -m benchmarks.build --_pyav-jobs FILE) transcoding the inputs with
+    `pyav_transcode`, longest first, each taking the next input as it finishes one."""
+    idx = sorted(range(len(inputs)), key=lambda i: -sizes[i][0] * sizes[i][1] * sizes[i][2])
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = out / "jobs.json"
+    jobs.write_text(json.dumps([[str(inputs[i]), str(out / f"{i:03d}.ivf"), sizes[i][0], sizes[i][1]]
+                                for i in idx]))
+    t0 = time.perf_counter()
+    sampler = TreeSampler(os.getpid(), lambda pid, name: True)
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.build", "--_pyav-jobs", str(jobs)])
+             for _ in range(workers)]
+    results = [_wait_rusage(p) for p in procs]
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    if any(r[0] != 0 for r in results):
+        raise RuntimeError("a PyAV transcode worker failed (its traceback is above)")
+    return {"side": "pyav (same libraries)", "wall_s": wall, "cpu_s": sum(r[1] for r in results),
+            "videos": len(inputs), "errors": 0, "bytes_out": sum(p.stat().st_size for p in out.glob("*.ivf")),
+            "peak_rss_worker_mb": max(sampler.peak_rss.values(), default=0) / 2 ** 20, "peak_rss_main_mb": None,
+            "tail_s": sampler.tail_seconds(wall), "workers": workers, "order": "longest_first"}
+
+
+def _pyav_worker(jobs_file: str) -> int:
+    """One worker of `run_pyav`: claims jobs through lock files, so a free worker takes the next."""
+    jobs = json.loads(Path(jobs_file).read_text())
+    for src, dst, w, h in jobs:
+        try:
+            fd = os.open(f"{dst}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        pyav_transcode(Path(src), Path(dst), int(w), int(h))
+    return 0
+
+
 # ============================================================================ report
 
 def format_table(rows: list[dict], mb_in: float) -> str:
@@ -287,6 +355,7 @@ def parse_args(argv):
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--kinetics-gb", type=float, default=700.0,
                    help="input size the core-hours extrapolation is for (Kinetics-700: ~700 GB)")
+    p.add_argument("--_pyav-jobs", help=argparse.SUPPRESS)  # internal: one worker of the PyAV side
     return p.parse_args(argv)
 
 
@@ -300,6 +369,8 @@ def _median_run(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args._pyav_jobs:
+        return _pyav_worker(args._pyav_jobs)
     if shutil.which("ffmpeg") is None:
         print("error: the ffmpeg command line is the reference: apt-get install ffmpeg", file=sys.stderr)
         return 2
@@ -316,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, fn in (("ours", lambda d: run_ours(listing, d, args.workers)),
                              ("ffmpeg", lambda d: run_ffmpeg(inputs, sizes, d, args.workers, "builder_order")),
                              ("ffmpeg_longest_first", lambda d: run_ffmpeg(inputs, sizes, d, args.workers,
-                                                                           "longest_first"))):
+                                                                           "longest_first")),
+                             ("pyav", lambda d: run_pyav(inputs, sizes, d, args.workers))):
                 d = Path(tmp) / f"{name}_{k}"
                 r = fn(d)
                 shutil.rmtree(d, ignore_errors=True)
@@ -330,13 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     ours, ref = rows["ours"], rows["ffmpeg"]
     ratio = {"cpu": ours["cpu_s"] / ref["cpu_s"], "wall": ours["wall_s"] / ref["wall_s"],
              "wall_vs_ffmpeg_longest_first": ours["wall_s"] / rows["ffmpeg_longest_first"]["wall_s"],
-             "peak_rss_worker": ours["peak_rss_worker_mb"] / max(ref["peak_rss_worker_mb"], 1e-9)}
+             "peak_rss_worker": ours["peak_rss_worker_mb"] / max(ref["peak_rss_worker_mb"], 1e-9),
+             "cpu_vs_pyav": ours["cpu_s"] / rows["pyav"]["cpu_s"],
+             "pyav_cpu_vs_ffmpeg": rows["pyav"]["cpu_s"] / ref["cpu_s"]}
     core_hours = ours["cpu_s"] / mb_in * args.kinetics_gb * 1000 / 3600
     print()
     print(format_table(list(rows.values()), mb_in))
     print(f"ours / ffmpeg (same run): CPU {ratio['cpu']:.2f}x, wall {ratio['wall']:.2f}x "
           f"({ratio['wall_vs_ffmpeg_longest_first']:.2f}x ffmpeg longest-first), peak RSS per worker "
           f"{ratio['peak_rss_worker']:.1f}x")
+    print(f"ours / PyAV alone with the same FFmpeg and libvpx (same run): CPU {ratio['cpu_vs_pyav']:.2f}x; "
+          f"PyAV alone / ffmpeg CLI: CPU {ratio['pyav_cpu_vs_ffmpeg']:.2f}x (the codec libraries differ)")
     print(f"extrapolation: {ours['cpu_s'] / mb_in:.2f} CPU-s per input MB -> {core_hours:.0f} core-hours for "
           f"{args.kinetics_gb:g} GB of input like these (ffmpeg: "
           f"{ref['cpu_s'] / mb_in * args.kinetics_gb * 1000 / 3600:.0f})")
