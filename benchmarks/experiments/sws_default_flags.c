@@ -3,7 +3,7 @@
  * DALI 2.4 creates its YUV->RGB context with SWS_BILINEAR | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND
  * (0x42002); this preload clears the last two, so the decoder converts through swscale's SIMD path
  * (the conversion the peers get by default: their chroma is not interpolated horizontally). It
- * changes DALI's pixels (mean 4.2, max 95 levels on the synthetic set), so it measures what the
+ * changes DALI's pixels (mean 4.2, max 95 levels on 40 frames of the synthetic set), so it measures what the
  * flags cost and nothing else. benchmarks/RESULTS.md ("What DALI's conversion flags cost") has the
  * figures. Only for a DALI-only process: it forwards every sws_getContext call to DALI's library.
  *
