@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds one input may take in a worker before it is killed and listed in `errors`")
     p.add_argument("--worker-max-videos", type=int, default=200,
                    help="replace each worker process after this many inputs (bounds decoder memory creep)")
+    p.add_argument("--lookahead", type=int, default=16,
+                   help="inputs in flight per worker: results are written in input order, so this bounds "
+                        "memory and what a crash loses; within it the largest input starts first (1: FIFO)")
     p.add_argument("--retry-errors", action="store_true",
                    help="re-try the inputs a finished or resumed build lists in `errors` (e.g. after fixing "
                         "them), re-using every stored sample")
@@ -124,8 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"need 1 <= --image-min-side <= --image-max-side, got {args.image_min_side}, {args.image_max_side}")
     if args.videos_per_shard < 1:
         p.error("--videos-per-shard must be >= 1")
-    if args.video_timeout <= 0 or args.worker_max_videos < 1:
-        p.error("--video-timeout must be > 0 and --worker-max-videos >= 1")
+    if args.video_timeout <= 0 or args.worker_max_videos < 1 or args.lookahead < 1:
+        p.error("--video-timeout must be > 0, --worker-max-videos and --lookahead >= 1")
     return args
 
 
@@ -198,7 +201,7 @@ def _input_bytes(job: tuple) -> float:
 
 
 def _ordered_results(items_with_labels, opts, args):
-    """Yield process_item results in input order, keeping at most 16*workers videos in flight so
+    """Yield process_item results in input order, keeping at most --lookahead * workers videos in flight so
     memory stays bounded whatever the dataset size (results are encoded at the short side, small);
     within that window the largest input starts first, so a long video does not run alone at the
     end of the build. --workers 0: in this process, no isolation."""
@@ -209,7 +212,7 @@ def _ordered_results(items_with_labels, opts, args):
     with WorkerPool(process_item, args.workers, _failed, timeout=args.video_timeout,
                     recycle_every=args.worker_max_videos) as pool:
         yield from pool.imap(((item, label, opts) for item, label in items_with_labels),
-                             window=16 * args.workers, cost=_input_bytes)
+                             window=args.lookahead * args.workers, cost=_input_bytes)
 
 
 @dataclass

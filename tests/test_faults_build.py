@@ -683,3 +683,13 @@ def test_build_begun_before_warnings_resumes_with_strict_frame_count(small_tree,
     assert r.returncode == 2 and "strict_frame_count True there vs False now" in r.stderr
     r = subprocess.run(build_cmd(small_tree, out, "--workers", "0", "--strict-frame-count"), capture_output=True, text=True)
     assert r.returncode == 0 and "resuming: 6 of 6 shards already done" in r.stderr
+
+
+def test_lookahead_must_be_positive(tmp_path, capsys):
+    """--lookahead 0 would leave no input in flight: refused up front, naming the option."""
+    from sharding.build import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--input", str(tmp_path), "--layout", "folders", "--split", "train", "--out", str(tmp_path / "o"), "--lookahead", "0"])
+    assert e.value.code == 2 and "--lookahead" in capsys.readouterr().err
+    assert parse_args(["--input", str(tmp_path), "--layout", "folders", "--split", "train", "--out", str(tmp_path / "o")]).lookahead == 16
