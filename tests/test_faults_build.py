@@ -311,7 +311,9 @@ def test_builder_killed_leaves_no_worker(small_tree, tmp_path):
 
 def test_worker_killed_mid_video_costs_that_video_only(small_tree, clean_build, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(build_cmd(small_tree, out, "--max-error-rate", "0.5"), stderr=subprocess.PIPE, text=True)
+    # --lookahead 1: parts are written as inputs finish, so one exists while others are still encoding
+    proc = subprocess.Popen(build_cmd(small_tree, out, "--max-error-rate", "0.5", "--lookahead", "1"),
+                            stderr=subprocess.PIPE, text=True)
     victim = None
     deadline = time.time() + 60
     while victim is None and time.time() < deadline and proc.poll() is None:
