@@ -277,7 +277,7 @@ def pyav_transcode(src: Path, dst: Path, width: int, height: int) -> None:
     one per decoded frame (the inputs are constant-rate)."""
     import av
 
-    from sharding.encode import output_size
+    from sharding.encode import encoder_options, output_size
 
     w, h = output_size(width, height, SHORT_SIDE)
     with av.open(str(src)) as inp, av.open(str(dst), "w", format="ivf") as out:
@@ -288,8 +288,7 @@ def pyav_transcode(src: Path, dst: Path, width: int, height: int) -> None:
         enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
         enc.codec_context.thread_count = 1
         enc.codec_context.gop_size = GOP
-        enc.options = {"crf": str(CRF), "b:v": "0", "deadline": "good", "cpu-used": str(SPEED),
-                       "lag-in-frames": "0", "auto-alt-ref": "0", "keyint_min": str(GOP)}
+        enc.options = encoder_options("vp9", "ivf", CRF, SPEED, GOP)  # the builder's own options
         for i, frame in enumerate(inp.decode(vin)):
             f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
             f.pts, f.time_base = i, Fraction(1, 1) / rate  # frame i at i / rate, whatever the input's clock

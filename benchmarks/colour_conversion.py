@@ -30,11 +30,12 @@ import numpy as np
 
 AV_PIX_FMT_YUV420P, AV_PIX_FMT_RGB24 = 0, 2
 SWS_BILINEAR, SWS_FULL_CHR_H_INT, SWS_ACCURATE_RND = 0x2, 0x2000, 0x40000
+DALI_FLAGS, DEFAULT_FLAGS = "dali (bilinear | full_chr_h_int | accurate_rnd)", "bilinear (swscale's SIMD path)"
 FLAG_SETS = {
-    "dali (bilinear | full_chr_h_int | accurate_rnd)": SWS_BILINEAR | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND,
+    DALI_FLAGS: SWS_BILINEAR | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND,
     "bilinear | accurate_rnd": SWS_BILINEAR | SWS_ACCURATE_RND,
     "bilinear | full_chr_h_int": SWS_BILINEAR | SWS_FULL_CHR_H_INT,
-    "bilinear (swscale's SIMD path)": SWS_BILINEAR,
+    DEFAULT_FLAGS: SWS_BILINEAR,
 }
 
 
@@ -106,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {e}")
         return 0
     rows = {name: time_flags(lib, width, height, flags, args.frames) for name, flags in FLAG_SETS.items()}
-    fast = rows["bilinear (swscale's SIMD path)"]
+    fast = rows[DEFAULT_FLAGS]
     print(f"YUV420P -> RGB24 at {width}x{height}, DALI's {os.path.basename(lib._path)}, one thread, CPU-ms:")
     for name, r in rows.items():
         print(f"  {name:<48} sws_scale {r['scale_ms']:7.4f} per frame ({r['scale_ms'] / fast['scale_ms']:5.1f}x)"
               f"  sws_getContext {r['context_ms']:6.3f}")
-    dali = rows["dali (bilinear | full_chr_h_int | accurate_rnd)"]
+    dali = rows[DALI_FLAGS]
     print(f"per 16-frame clip: DALI's flags {16 * dali['scale_ms'] + dali['context_ms']:.2f} CPU-ms "
           f"(16 conversions + one context), default flags {16 * fast['scale_ms'] + fast['context_ms']:.2f}")
     if args.json:

@@ -201,8 +201,8 @@ def _input_bytes(job: tuple) -> float:
 
 
 def _ordered_results(items_with_labels, opts, args):
-    """Yield process_item results in input order, keeping at most --lookahead * workers videos in flight so
-    memory stays bounded whatever the dataset size (results are encoded at the short side, small);
+    """Yield process_item results in input order, keeping at most --lookahead * workers videos in
+    flight so memory stays bounded whatever the dataset size (results are encoded at the short side);
     within that window the largest input starts first, so a long video does not run alone at the
     end of the build. --workers 0: in this process, no isolation."""
     if args.workers == 0:

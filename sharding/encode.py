@@ -413,6 +413,17 @@ def decode(path: str, short_side: int = 128, fps: float | None = None,
                         float(pr.src_rate) if pr.src_rate else float("nan"), plan.vfr)
 
 
+def encoder_options(codec: str, container: str, crf: int, speed: int, gop: int) -> dict[str, str]:
+    """The encoder's options (besides one thread and `gop_size = gop`): VP9 constant quality without
+    lag or alt-ref frames (packets in frame order), keyframes exactly every `gop` frames in ivf;
+    H.264 without B-frames."""
+    if codec == "vp9":
+        opts = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": str(speed),
+                "lag-in-frames": "0", "auto-alt-ref": "0"}
+        return {**opts, "keyint_min": str(gop)} if container == "ivf" else opts
+    return {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+
+
 class StreamEncoder:
     """Encode yuv420p frames one at a time into one in-memory container (webm or ivf for VP9, mp4
     for H.264); `finish()` returns the bytes. Only the compressed output is kept.
@@ -436,13 +447,7 @@ class StreamEncoder:
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
         stream.codec_context.gop_size = gop
-        if codec == "vp9":
-            stream.options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": str(speed),
-                              "lag-in-frames": "0", "auto-alt-ref": "0"}
-            if container_fmt == "ivf":
-                stream.options = {**stream.options, "keyint_min": str(gop)}
-        else:
-            stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+        stream.options = encoder_options(codec, container_fmt, crf, speed, gop)
         self.stream, self.frames, self.packets = stream, 0, 0
 
     def add(self, planes: np.ndarray) -> None:
