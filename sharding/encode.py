@@ -271,12 +271,28 @@ class NeedTwoPasses(Exception):
     timestamps at once (the same frames wherever both apply)."""
 
 
+class _LazyPlanes:
+    """One decoded frame, resized to yuv420p planes the first time they are asked for (a frame the
+    constant-rate grid drops is never resized; one it repeats is resized once)."""
+
+    def __init__(self, frame, width: int, height: int):
+        self.frame, self.width, self.height, self._planes = frame, width, height, None
+
+    def planes(self) -> np.ndarray:
+        if self._planes is None:
+            self._planes = self.frame.reformat(width=self.width, height=self.height, format="yuv420p",
+                                               interpolation="AREA").to_ndarray()
+            self.frame = None
+        return self._planes
+
+
 class OnePassFrames:
     """Decode -> resize -> constant-rate grid in one pass, for whole-video samples (eval, ivf).
 
     Iterating yields the output frames of `plan_frames` + `resized_frames` without a timestamps
     pass: grid tick g = t0 + k/fps takes the decoded frame nearest to it, which is known as soon
-    as the first frame at or after g has decoded, so at most two decoded frames are held. After
+    as the first frame at or after g has decoded, so at most two decoded frames are held (each resized
+    only if the grid takes it). After
     the iteration, the attributes say what was decoded (`probe`'s fields), `num_out` and `vfr`.
 
     Raises (while iterating):
@@ -318,16 +334,15 @@ class OnePassFrames:
                     self.src_width, self.src_height = frame.width, frame.height
                     self.width, self.height = output_size(frame.width, frame.height, self.short_side)
                     stamped = t is not None
-                planes = frame.reformat(width=self.width, height=self.height, format="yuv420p",
-                                        interpolation="AREA").to_ndarray()
+                cur = _LazyPlanes(frame, self.width, self.height)  # resized only if the grid takes it
                 if not stamped:  # no timestamps: every frame as it comes (plan_frames does the same)
                     self.num_out += 1
-                    yield planes
+                    yield cur.planes()
                     continue
                 if t is None or (i > 0 and t <= t_prev):
                     raise NeedTwoPasses(f"frame {i} has time {t} after {t_prev}")
                 if i == 0:
-                    prev, t0, t_prev = planes, t, t
+                    prev, t0, t_prev = cur, t, t
                     continue
                 # ticks in (t_prev, t] (and tick 0 = t0): the nearer of frames i-1 and i; ties: i-1
                 while (g := t0 + k / step) <= t:
@@ -337,8 +352,8 @@ class OnePassFrames:
                     identity &= k == (i if take_new else i - 1)
                     k += 1
                     self.num_out += 1
-                    yield planes if take_new else prev
-                prev, t_prev = planes, t
+                    yield (cur if take_new else prev).planes()
+                prev, t_prev = cur, t
             if stamped:  # ticks past the last frame's time (round up) show the last frame
                 n = int(round((t_prev - t0) * step)) + 1
                 if n > grid_limit(self.num_decoded, self.declared, self.fps, self.src_rate):
@@ -347,7 +362,7 @@ class OnePassFrames:
                     identity &= k == self.num_decoded - 1
                     k += 1
                     self.num_out += 1
-                    yield prev
+                    yield prev.planes()
             self.vfr = stamped and not (identity and self.num_out == self.num_decoded)
 
 
