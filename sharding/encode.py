@@ -291,9 +291,9 @@ class OnePassFrames:
 
     Iterating yields the output frames of `plan_frames` + `resized_frames` without a timestamps
     pass: grid tick g = t0 + k/fps takes the decoded frame nearest to it, which is known as soon
-    as the first frame at or after g has decoded, so at most two decoded frames are held (each resized
-    only if the grid takes it). After
-    the iteration, the attributes say what was decoded (`probe`'s fields), `num_out` and `vfr`.
+    as the first frame at or after g has decoded, so at most two decoded frames are held (each
+    resized only if the grid takes it). After the iteration, the attributes say what was decoded
+    (`probe`'s fields), `num_out` and `vfr`.
 
     Raises (while iterating):
         VideoError: as `probe` (file, container, stream).
