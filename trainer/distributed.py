@@ -101,3 +101,14 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Every rank's buffers (BatchNorm running statistics) become rank `src`'s, in place.
+
+    DDP broadcasts them from rank 0 at the start of each training forward, so between steps each
+    rank holds the statistics of its own last batch. What is evaluated must be what rank 0
+    checkpoints: an evaluation redone after a resume then gives the uninterrupted run's numbers."""
+    if is_dist():
+        for b in module.buffers():
+            dist.broadcast(b.data, src)

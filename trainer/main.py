@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dali_pipelines.loader import make_train_loader
 from trainer.checkpoint import init_backbone, non_finite, resume_run, rng_state, save_checkpoint
 from trainer.config import ConfigError, load_config, lr_at
-from trainer.distributed import (all_gather_objects, any_rank, device_name, dist_env, init_process_group, is_dist,
-                                 pick_device, print0, sum_over_ranks)
+from trainer.distributed import (all_gather_objects, any_rank, broadcast_buffers, device_name, dist_env,
+                                 init_process_group, is_dist, pick_device, print0, sum_over_ranks)
 from trainer.evaluate import build_test_sets, evaluate_all, make_test_loaders
 from trainer.evaluate import main as evaluate_main
 from trainer.faults import Signals, TrainingError, inject, run_cli
@@ -52,17 +52,20 @@ def set_determinism(enabled: bool) -> None:
 
 
 def train_step(fwd, optimizer: torch.optim.Optimizer, clips: torch.Tensor, targets: torch.Tensor,
-               amp_dtype: torch.dtype | None = None, grad_clip: float | None = None) -> tuple[torch.Tensor, bool]:
+               amp_dtype: torch.dtype | None = None, grad_clip: float | None = None,
+               buffers: list[torch.Tensor] = ()) -> tuple[torch.Tensor, bool]:
     """One step of the paper's objective: autocast forward -> MSE between the predicted unit vectors
     and the class embeddings `targets` (B, D) -> backward -> optional clipping -> Adam.
 
     The loss and the gradient norm are checked over all ranks before `optimizer.step()`: a
     non-finite loss, or a non-finite gradient norm on any rank (bf16 overflow can give inf
-    gradients with a finite loss), leaves the weights untouched on every rank.
+    gradients with a finite loss), leaves the model untouched on every rank: the weights, and
+    `buffers` (the model's BatchNorm running statistics, which the forward pass moves) are put back.
 
     Returns:
         (loss averaged over ranks, whether the optimizer stepped).
     """
+    before = [b.clone() for b in buffers]
     with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         pred = fwd(clips)  # (B, D) unit vectors
     loss = torch.nn.functional.mse_loss(pred.float(), targets)
@@ -79,6 +82,10 @@ def train_step(fwd, optimizer: torch.optim.Optimizer, clips: torch.Tensor, targe
     ok = bool(torch.isfinite(loss_all)) and both[1].item() == 0
     if ok:
         optimizer.step()
+    else:
+        with torch.no_grad():
+            for b, old in zip(buffers, before):
+                b.copy_(old)
     return loss_all, ok
 
 
@@ -151,6 +158,7 @@ def run(config_path: str, overrides: list[str]) -> int:
     step, skipped, redo_eval = (ckpt["step"], ckpt.get("skipped_steps", 0), ckpt.get("pending_eval")) if ckpt else (0, 0, None)
     writer = open_run_dir(cfg, out_dir, rank, step, redo_eval is not None)
 
+    buffers = list(model.buffers())  # what a skipped step puts back (train_step)
     ddp = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if is_dist() else model
     fwd = torch.compile(ddp) if cfg.model.compile else ddp
 
@@ -176,6 +184,7 @@ def run(config_path: str, overrides: list[str]) -> int:
 
     def evaluate(clips: int, epoch: int) -> None:
         with signals.immediate():  # an evaluation stops at once: its checkpoint was written before it
+            broadcast_buffers(model)  # the model rank 0 checkpointed, on every rank
             evaluate_all(model, test_sets, clips, device, amp_dtype, out_dir, epoch, step, writer,
                          source=f"the weights of step {step} ({last_ckpt})")
         model.train()
@@ -199,7 +208,7 @@ def run(config_path: str, overrides: list[str]) -> int:
                     clips = clips.contiguous(memory_format=torch.channels_last_3d)
                 hook = inject("step", step + 1, model)
                 loss, stepped = train_step(fwd, optimizer, clips, train_targets[batch["labels"]], amp_dtype,
-                                           cfg.optim.grad_clip)
+                                           cfg.optim.grad_clip, buffers)
                 if hook is not None:
                     hook.remove()
                 if not torch.isfinite(loss):
