@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from sharding.faults import fault_point
+
 REPO = Path(__file__).resolve().parent.parent
 
 # (name, time box in seconds at full size, at --quick); the boxes add up to about 480 s.
@@ -479,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.device = "cuda" if torch.cuda.device_count() > 0 else "cpu"  # NVML: no CUDA init here
     if args.step:  # child: run one step, write its figures
+        fault_point("step", args.step)  # the tests' planned hang (sharding.faults): a step past its box
         figures = STEP_FUNCS[args.step](args)
         (args.out / "work" / f"{args.step}.json").write_text(json.dumps(figures, indent=1, default=str))
         return 0

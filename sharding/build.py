@@ -33,6 +33,7 @@ from pathlib import Path
 from sharding import __version__
 from sharding.class_names import class_text, read_class_list
 from sharding.encode import CODECS, CONTAINERS, default_container
+from sharding.faults import fault_point
 from sharding.layouts import LayoutError, Listing, VideoItem, list_inputs
 from sharding.media import Media, media_for, process_item
 from sharding.outdir import BuildError, check_finished, lock_out, prepare_out, remove_temp_files
@@ -372,9 +373,11 @@ def run_shards(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media:
                 if "warning" in r:
                     warnings.append(r["warning"])
             progress.update(error="error" in r)
-        entry = write_shard(out / f"{plan.name(j)}.tar", samples) if samples else None
+        entry = write_shard(out / f"{plan.name(j)}.tar", samples, j) if samples else None
+        fault_point("table", j)
         atomic_write_json(_state_path(out, plan, j), {"shard": entry, "errors": errors, "warnings": warnings,
                                                      "num_short": n_short, "bytes_in": bytes_in})
+        fault_point("state", j)
     progress.close()
     return len(jobs)
 
@@ -382,6 +385,7 @@ def run_shards(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media:
 def write_manifest(args: argparse.Namespace, sel: Selection, plan: ShardPlan, media: Media) -> tuple[dict, list]:
     """`_info.json` from every shard's state file (also those done by an earlier, killed run)."""
     dataset = dataset_name(args)
+    fault_point("manifest", 0)
     states = [json.loads((args.out / "_parts" / f"{plan.name(j)}.json").read_text()) for j in plan.shard_ids]
     shards = [s["shard"] for s in states if s["shard"]]
     info = {

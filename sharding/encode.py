@@ -164,7 +164,11 @@ def _open(path: str):
         container.close()
         raise VideoError("no video stream in the file")
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    # One decoder thread, whatever the machine: FFmpeg's frame threads (the default count follows the
+    # cores) hide a cut-off file's final decode error with 3 or more threads and report it with
+    # fewer, so what is stored or listed for a damaged input would depend on the core count. The
+    # builder runs one worker per core.
+    stream.codec_context.thread_count = 1
     return container, stream
 
 
@@ -193,28 +197,42 @@ def probe(path: str) -> Probe:
 
 
 def frame_count_warning(n: int, declared: int, decode_error: str | None, min_frames: int = 1,
-                        strict: bool = False) -> str | None:
+                        strict: bool = False, span: float | None = None, rate: Fraction | None = None) -> str | None:
     """The policy for short, cut-off and broken inputs (`plan_frames`): the warning to list, if any.
+
+    Fewer decoded frames than the container declares has two causes, told apart by time where the
+    input has timestamps (`span`: last - first decoded frame time, s) and a stated `rate`: decoded
+    frames that end well before the declared duration are a file cut off (a recording or download
+    that stopped); decoded frames that span the whole declared duration are a complete video whose
+    container counts entries that hold no frame (an AVI's empty "repeat the previous frame" chunks):
+    the constant-rate grid restores those repeats, so nothing is missing (no warning, also with
+    `strict`). Without timestamps the cause is not known and the message says so.
 
     Raises:
         VideoError: the input has nothing usable, or (with `strict`) any shortfall.
     """
-    warning = None
     if n == 0:
         raise VideoError("no frames could be decoded (zero-frame or undecodable video)"
                          + (f": {decode_error}" if decode_error else ""))
+    short = bool(declared) and n + max(2, declared // 50) < declared
+    of = f" of the {declared} the container declares" if short else ""
     if decode_error is not None:
         if strict or n < min_frames:
-            raise VideoError(f"decode error after {n} frames (truncated or corrupt): {decode_error}")
-        warning = f"decode error after {n} frames (truncated or corrupt); the {n} frames before it are stored"
-    if declared and n + max(2, declared // 50) < declared:
-        # a cut-off AVI/MP4 often decodes "cleanly" up to where it ends; its header still knows better
-        if strict:
-            raise VideoError(f"only {n} of the {declared} frames the container declares could be "
-                             "decoded (truncated file?)")
-        warning = warning or (f"only {n} of the {declared} frames the container declares decode (a header "
-                              "written before the recording or download stopped); those are stored")
-    return warning
+            raise VideoError(f"decode error after {n} frames{of} (truncated or corrupt): {decode_error}")
+        return f"decode error after {n} frames{of} (truncated or corrupt); the {n} frames before it are stored"
+    if not short:
+        return None
+    if span is not None and rate:
+        declared_s, decoded_s = declared / float(rate), span + 1 / float(rate)
+        if decoded_s >= declared_s - 2 / float(rate):
+            return None  # plays completely: the missing entries are repeats, restored by the grid
+        cause = (f"they end at {decoded_s:.2f} s of the {declared_s:.2f} s it declares: the file is cut off, "
+                 "as a recording or download that stopped")
+    else:
+        cause = "the input has no timestamps to tell a cut-off file from entries that hold no frame"
+    if strict:
+        raise VideoError(f"only {n} of the {declared} frames the container declares could be decoded ({cause})")
+    return f"only {n} of the {declared} frames the container declares decode ({cause}); those are stored"
 
 
 def output_rate(fps: float | None, src_rate: Fraction | None) -> Fraction:
@@ -248,7 +266,8 @@ def plan_frames(pr: Probe, fps: float | None = None, min_frames: int = 1, strict
             `MAX_GRID_RATIO` times the frames that exist (a bogus timestamp).
     """
     n, declared = pr.num_decoded, pr.declared
-    warning = frame_count_warning(n, declared, pr.decode_error, min_frames, strict)
+    span = float(pr.times.max() - pr.times.min()) if pr.times is not None else None
+    warning = frame_count_warning(n, declared, pr.decode_error, min_frames, strict, span, pr.src_rate)
     out_fps = output_rate(fps, pr.src_rate)
     if pr.times is None or n == 1:
         return FramePlan(np.arange(n), out_fps, False, warning)
@@ -309,6 +328,7 @@ class OnePassFrames:
         self.fps = Fraction(25)
         self.decode_error: str | None = None
         self.vfr = False
+        self.span: float | None = None  # last - first decoded frame time (s), when stamped
 
     def __iter__(self) -> Iterator[np.ndarray]:
         container, stream = _open(self.path)
@@ -355,6 +375,7 @@ class OnePassFrames:
                     yield (cur if take_new else prev).planes()
                 prev, t_prev = cur, t
             if stamped:  # ticks past the last frame's time (round up) show the last frame
+                self.span = t_prev - t0
                 n = int(round((t_prev - t0) * step)) + 1
                 if n > grid_limit(self.num_decoded, self.declared, self.fps, self.src_rate):
                     raise NeedTwoPasses(f"grid of {n} frames for {self.num_decoded} decoded")

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from sharding import ivf
 from sharding.encode import (NeedTwoPasses, OnePassFrames, StreamEncoder, VideoError, frame_count_warning,
                              output_size, plan_frames, probe, resized_frames)
+from sharding.faults import fault_point
 from sharding.images import process_image
 from sharding.layouts import VideoItem
 from sharding.segments import plan_segments
@@ -54,7 +55,7 @@ def _encode_one_pass(path: str, opts: dict) -> _Encoded:
         enc = enc or _encoder(src.width, src.height, src.fps, opts)
         enc.add(planes)
     warning = frame_count_warning(src.num_decoded, src.declared, src.decode_error, opts["clip_span"],
-                                  opts.get("strict_frame_count", False))  # no frame: raises here
+                                  opts.get("strict_frame_count", False), src.span, src.src_rate)  # no frame: raises
     n = src.num_out
     return _Encoded({0: enc.finish()}, plan_segments(n, opts["clip_span"], None), n, src.width, src.height,
                     src.fps, src.vfr, src.src_width, src.src_height, src.declared, src.num_decoded, warning)
@@ -203,4 +204,5 @@ def media_for(layout: str) -> Media:
 
 def process_item(item: VideoItem, label: int, opts: dict) -> dict:
     """The worker's entry point: dispatch one input to its medium's `process`."""
+    fault_point("video", item.video_id)
     return MEDIA[opts["media"]].process(item, label, opts)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sharding.faults import fault_point
+
 FORMAT_VERSION = 1  # `format_version` of `_info.json`; readers refuse any other
 MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
 # Columns of `{split}-NNNNNN.samples.json`: integer columns, then string columns.
@@ -75,12 +77,13 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
-def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> dict:
+def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]], shard: int = -1) -> dict:
     """Write one shard atomically, then its DALI index and its table.
 
     Args:
         tar_path: final path of `{split}-NNNNNN.tar`.
         samples: (key, ext, video bytes, meta) in shard order.
+        shard: the shard's number, for the fault hook (sharding.faults).
 
     Returns:
         The shard's manifest entry: path, index, table, num_samples, num_videos, bytes, sha256
@@ -90,9 +93,10 @@ def write_shard(tar_path: Path, samples: list[tuple[str, str, bytes, dict]]) -> 
     index_lines, table = [], {c: [] for c in TABLE_COLUMNS}
     sha = hashlib.sha256()
     try:
-        _write_tar(tmp, samples, sha, index_lines, table)
+        _write_tar(tmp, samples, sha, index_lines, table, shard)
         size = tmp.stat().st_size
         os.replace(tmp, tar_path)
+        fault_point("tar", shard)
     except BaseException:  # a full disk, a kill: leave no half file behind
         tmp.unlink(missing_ok=True)
         raise
@@ -126,7 +130,7 @@ class _Hashing(io.RawIOBase):
         return self.f.write(b)
 
 
-def _write_tar(tmp: Path, samples, sha, index_lines: list, table: dict) -> None:
+def _write_tar(tmp: Path, samples, sha, index_lines: list, table: dict, shard: int = -1) -> None:
     """The tar itself (write_shard), hashing as it writes; fills `index_lines` and `table`."""
     with open(tmp, "wb") as raw:
         sink = _Hashing(raw, sha)
@@ -154,6 +158,9 @@ def _write_tar(tmp: Path, samples, sha, index_lines: list, table: dict) -> None:
                 for col in KEYFRAME_COLUMNS:
                     if col in meta:
                         table.setdefault(col, []).append(meta[col])
+                if len(index_lines) == 1:
+                    sink.flush()
+                    fault_point("tar_member", shard)
         raw.flush()
         os.fsync(raw.fileno())
 

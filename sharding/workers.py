@@ -8,8 +8,10 @@ which input a dead or stuck worker held:
 
 - a worker that dies mid-task (signal, exit) -> that task's result is `on_failure(job, "worker
   crashed: signal N (NAME)")`, and a new worker takes its place;
-- a task running longer than `timeout` seconds -> its worker is killed, the result is
-  `on_failure(job, "exceeded --video-timeout (T s)")`, and a new worker takes its place;
+- a task running longer than `timeout` seconds (from the moment the worker starts it: a worker's
+  own start-up, slow on a loaded machine, does not count, up to `_START_GRACE_S`) -> its worker is
+  killed, the result is `on_failure(job, "exceeded --video-timeout (T s)")`, and a new worker takes
+  its place;
 - every worker exits after `recycle_every` tasks and is replaced, so memory a decoder leaks or
   fragments cannot creep over a long build;
 - workers die with the pool's process: `PR_SET_PDEATHSIG` (Linux) plus a watchdog thread that
@@ -31,6 +33,7 @@ from multiprocessing.connection import wait
 
 _PR_SET_PDEATHSIG = 1
 _WATCHDOG_PERIOD_S = 1.0
+_START_GRACE_S = 60.0  # a worker may take this long to start its first task before the timeout runs
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -66,7 +69,8 @@ def _worker_main(conn, fn: Callable, recycle_every: int | None, parent_pid: int)
         if msg is None:
             return
         tid, args = msg
-        conn.send((tid, fn(*args)))
+        conn.send(("started", tid))  # the task's time limit counts from here, not from our start-up
+        conn.send(("done", tid, fn(*args)))
         done += 1
         if recycle_every and done >= recycle_every:
             return  # the pool starts a fresh worker in our place
@@ -90,8 +94,13 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task: tuple[int, tuple] | None = None  # (task id, job) while busy
-        self.started = 0.0
+        self.started = 0.0  # when the task was sent; then when the worker said it started it
+        self.running = False  # the worker said it started the task
         self.done, self.recycle_every = 0, recycle_every
+
+    def deadline(self, timeout: float) -> float:
+        """When the task in hand exceeds `timeout` (CLOCK_MONOTONIC)."""
+        return self.started + timeout + (0.0 if self.running else _START_GRACE_S)
 
     @property
     def retiring(self) -> bool:
@@ -183,7 +192,7 @@ class WorkerPool:
                         self._workers[i] = self._spawn()
                         continue
                     del queue[pick]
-                    w.task, w.started = task, time.monotonic()
+                    w.task, w.started, w.running = task, time.monotonic(), False
             while yielded in results:
                 yield results.pop(yielded)
                 yielded += 1
@@ -199,23 +208,27 @@ class WorkerPool:
         """Block until some worker answers, dies or runs out of time; record what happened."""
         now = time.monotonic()
         busy = [w for w in self._workers if w.task is not None]
-        left = [w.started + self.timeout - now for w in busy] if self.timeout else []
+        left = [w.deadline(self.timeout) - now for w in busy] if self.timeout else []
         ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in self._workers],
                          timeout=max(0.0, min(left)) if left else None))
         for i, w in enumerate(self._workers):
             if w.task is not None and w.conn in ready:
                 try:
-                    tid, result = w.conn.recv()
+                    while w.task is not None and w.conn.poll():
+                        kind, tid, *result = w.conn.recv()
+                        if tid != w.task[0]:
+                            continue
+                        if kind == "started":
+                            w.started, w.running = time.monotonic(), True
+                        else:
+                            results[tid] = result[0]
+                            w.task = None
+                            w.done += 1
                 except (EOFError, OSError):
                     pass  # died while answering: handled as a crash below
-                else:
-                    if tid == w.task[0]:
-                        results[tid] = result
-                        w.task = None
-                        w.done += 1
             dead = w.proc.sentinel in ready or not w.proc.is_alive()
             late = (w.task is not None and self.timeout is not None
-                    and time.monotonic() - w.started >= self.timeout)
+                    and time.monotonic() >= w.deadline(self.timeout))
             if dead or late:
                 if w.task is not None:
                     w.proc.join(timeout=0.5) if dead else None

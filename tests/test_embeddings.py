@@ -145,6 +145,21 @@ def test_word2vec_formats(w2v_files, name, fmt):
     np.testing.assert_allclose(raw[0], _unit(np.array([3.0, 1.0, 0.0])), rtol=1e-6)
 
 
+def test_the_class_embedding_clis_take_trusted_pickles_only_when_told(w2v_files, tmp_path):
+    kv = w2v_files / "vectors.kv"  # a gensim KeyedVectors.save pickle
+    classes = _list(tmp_path / "c.txt", ["playing guitar", "walk dog"])
+    with pytest.raises(SystemExit, match="--format gensim --trusted"):
+        embed_classes.main(["--vectors", str(kv), "--list", str(classes), "--out", str(tmp_path / "a.npz")])
+    embed_classes.main(["--vectors", str(kv), "--format", "gensim", "--trusted", "--list", str(classes),
+                        "--out", str(tmp_path / "a.npz")])
+    np.testing.assert_allclose(np.load(tmp_path / "a.npz")["embeddings"][0], _unit(np.array([1.0, 1.0, 0.0])), rtol=1e-6)
+    overlap = ["--train", str(classes), "--test", str(_list(tmp_path / "t.txt", ["walk dog"])), "--vectors", str(kv)]
+    with pytest.raises(SystemExit, match="--format gensim --trusted"):
+        class_overlap.main(overlap)
+    class_overlap.main(overlap + ["--format", "gensim", "--trusted", "--out", str(tmp_path / "x.txt")])
+    assert "walk dog" in (tmp_path / "x.txt").read_text().splitlines()
+
+
 def test_sniff_fasttext_and_garbage(fasttext_bin, tmp_path):
     assert sniff_vectors_format(fasttext_bin) == "fasttext"
     bad = tmp_path / "notes.bin"

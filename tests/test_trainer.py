@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -128,20 +127,19 @@ def test_kill_and_resume_gives_the_same_losses(full_run, shards, tmp_path):
     reference = losses(full_run[0])
     out = tmp_path / "killed"
     cfg = make_config(shards, out, **{"checkpoint.every_steps": 100})  # only the signal writes one mid-epoch
+    # both ranks wait after step 3 (trainer.faults' `pause`) until the signal: it lands there on any machine
     proc = subprocess.Popen([*TORCHRUN, str(REPO / "trainer" / "main.py"), str(cfg)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = out / "train_log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    text = proc.communicate(timeout=120)[0]
-    # in the step loop: a checkpoint at the end of that step; in an evaluation: at once (its epoch's
-    # checkpoint was written before it). Either way the resumed run must give the same losses.
-    stopped = "stopped by signal" in text or "interrupted by SIGTERM" in text
-    assert proc.returncode != 0 and stopped, text[:3000] + "\n...\n" + text[-3000:]
-    stopped_at = max(losses(out))
-    assert 3 <= stopped_at < 6
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ZSVIDEO_FAULTS": "pause:after_step:3"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if sum("fault: paused at after_step 3" in x for x in seen) == 2:
+            break
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks
+    text = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped by signal at step 3" in text, text[:3000] + "\n...\n" + text[-3000:]
+    assert max(losses(out)) == 3
     r = torchrun(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout

@@ -31,6 +31,7 @@ def write_video(path: Path, num_frames: int = 40, width: int = 172, height: int 
         if time_base is not None:
             stream.codec_context.time_base = time_base
             stream.time_base = time_base
+        stream.codec_context.thread_count = 1  # the same bytes on any machine (threads follow the cores)
         if codec == "libx264":
             stream.options = {"bf": "0"}
         for i in range(num_frames):

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     mapping = load_class_texts(args.class_texts) if args.class_texts else None
     # One call for both sides: a word2vec vocabulary gap is reported once, with every missing word.
     emb = class_embeddings(train.texts + test_texts, path, None, fmt=args.format, kind=kind,
-                           class_texts=mapping, **options)
+                           class_texts=mapping, trusted=args.trusted, **options)
     train_emb, test_emb = emb[:len(train.texts)], emb[len(train.texts):]
 
     overlaps = find_overlaps(train.names, train_emb, test_names, test_sources, test_emb, args.tau)

@@ -97,7 +97,11 @@ def add_vectors_args(parser: argparse.ArgumentParser) -> None:
                         help="verbs in their base form before embedding ('playing' -> 'play'), as the paper's code")
     parser.add_argument("--format", default="auto",
                         choices=["auto", "fasttext", "word2vec-bin", "word2vec-text", "gensim"],
-                        help="the vectors file's format (auto: sniffed from its first bytes)")
+                        help="the vectors file's format (auto: sniffed from its first bytes; never gensim)")
+    parser.add_argument("--trusted", action="store_true",
+                        help="allow a pickle-based vectors file (--format gensim, gensim KeyedVectors.save): "
+                             "loading one runs code stored in it, so only for a file you trust "
+                             "(the config's embeddings.trusted)")
     parser.add_argument("--raw-word-vectors", action="store_true",
                         help="average the raw word vectors instead of unit ones (the paper uses unit ones)")
     parser.add_argument("--keep-stop-words", action="store_true",
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace, specs: list[str]) -> None:
         print(f"{classes.source}: {len(classes.names)} classes")
 
     path, kind, options = encoder_args(args)
-    encoder = load_encoder(path, kind, args.format)
+    encoder = load_encoder(path, kind, args.format, args.trusted)
     embeddings = encode_texts(encoder, texts, **options)
     write_embeddings_file(args.out, texts, embeddings, vectors_fingerprint(path), kind=kind, **options,
                           classes=np.array(names, dtype=str), sources=np.array(sources, dtype=str))

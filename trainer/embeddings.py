@@ -238,7 +238,7 @@ def load_vectors(path: str | Path, fmt: VectorsFormat = "auto", trusted: bool = 
     if sniffed == "gensim" and (fmt != "gensim" or not trusted):
         raise ValueError(f"{path} is a pickle (gensim KeyedVectors.save format): loading it runs code stored in the "
                          "file. Only for a file you trust: set embeddings.format: gensim and embeddings.trusted: "
-                         "true. Otherwise use word2vec .bin/.vec or fastText .bin vectors (read as data).")
+                         "true (on the command line: --format gensim --trusted). Otherwise use word2vec .bin/.vec or fastText .bin vectors (read as data).")
     fmt = sniffed
     log.info("loading %s vectors from %s", fmt, path)
     if fmt == "fasttext":

@@ -39,6 +39,9 @@ class Interrupted(BaseException):
 USER_FAULTS = (TrainingError, ShardError, StaleCacheError, MissingWordsError, FileNotFoundError, ValueError)
 
 
+SIGNALLED = threading.Event()  # set by the first SIGTERM/SIGINT (what a planned `pause` waits for)
+
+
 class Signals:
     """SIGTERM/SIGINT for one run. Inside `deferred()` (the step loop) a signal only sets `signum`:
     the loop checkpoints at the end of the step, where the state is consistent, and exits. Anywhere
@@ -71,6 +74,7 @@ class Signals:
             print(f"second signal ({signal.Signals(signum).name}): exiting now", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
+        SIGNALLED.set()
         if not self._deferred:
             raise Interrupted(signum)
 
@@ -135,6 +139,8 @@ def run_cli(fn, *args, **kwargs) -> int:
 #   raise:after_step:3:1  rank 1 raises RuntimeError after step 3 while the others wait in a collective
 #   inf_grad:step:4     step 4's gradients are inf (a finite loss: what bf16 overflow gives)
 #   nan_weights:after_step:2  the weights are NaN after step 2 (before that step's checkpoint)
+#   pause:after_step:3  print "fault: paused at after_step 3 (rank R)" and wait there for a signal (the
+#                       test's SIGTERM then lands at that exact step, on a fast machine or a slow one)
 # Unset (always, outside the tests) it costs one dict lookup per call.
 FAULTS_ENV = "ZSVIDEO_FAULTS"
 
@@ -147,7 +153,7 @@ def planned_fault(point: str, step: int) -> str | None:
     rank = os.environ.get("RANK", "0")
     for item in plan.split(","):
         kind, at, at_step, *on = item.strip().split(":")
-        if at == point and int(at_step) == step and (not on or on[0] == rank):
+        if at == point and at_step == str(step) and (not on or on[0] == rank):
             return kind
     return None
 
@@ -164,6 +170,10 @@ def inject(point: str, step: int, model: torch.nn.Module | None = None):
     elif kind == "nan_weights":
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
+    elif kind == "pause":
+        print(f"fault: paused at {point} {step} (rank {os.environ.get('RANK', 0)})", flush=True)
+        while not SIGNALLED.wait(0.05):
+            pass
     elif kind == "inf_grad":
         return next(model.parameters()).register_hook(lambda g: torch.full_like(g, float("inf")))
     return None
