@@ -28,11 +28,12 @@ import numpy as np
 CODECS = {
     "vp9": ("libvpx-vp9", "webm", "webm"),
     "h264": ("libx264", "mp4", "mp4"),
+    "jpeg": ("pillow", "jpeg_frames", "jpgs"),  # JpegFramesEncoder: every frame a JPEG (sharding.formats)
 }
 # codec -> the containers it can be stored in (the container's name is the member's extension).
 # IVF (VP8/VP9 only) is a 32-byte file header plus one 12-byte record header per frame, so a reader
 # can cut out a valid stream that starts at any keyframe (FORMAT.md "keyframe-indexed samples").
-CONTAINERS = {"vp9": ("webm", "ivf"), "h264": ("mp4",)}
+CONTAINERS = {"vp9": ("webm", "ivf"), "h264": ("mp4",), "jpeg": ("jpeg_frames",)}
 
 
 def default_container(codec: str, split: str) -> str:
@@ -458,6 +459,33 @@ def encoder_options(codec: str, container: str, crf: int, speed: int, gop: int) 
                 "lag-in-frames": "0", "auto-alt-ref": "0"}
         return {**opts, "keyint_min": str(gop)} if container == "ivf" else opts
     return {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+
+
+class JpegFramesEncoder:
+    """Encode yuv420p frames one at a time as baseline 4:2:0 JPEGs (Pillow's libjpeg-turbo),
+    concatenated: the `jpeg_frames` format (sharding.formats). The frame goes to RGB with swscale's
+    default (BT.601) conversion and back to YCbCr 4:2:0 in the JPEG encoder. Same interface as
+    `StreamEncoder`."""
+
+    def __init__(self, width: int, height: int, quality: int = 90):
+        self.width, self.height, self.quality = width, height, quality
+        self.parts: list[bytes] = []
+        self.frames = 0
+
+    def add(self, planes: np.ndarray) -> None:
+        from PIL import Image
+
+        rgb = av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="rgb24")
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=self.quality, subsampling=2, optimize=False,
+                                  progressive=False)  # 2 = 4:2:0, the decoders' fast path
+        self.parts.append(buf.getvalue())
+        self.frames += 1
+
+    def finish(self) -> bytes:
+        if not self.parts:
+            raise VideoError("no frame was encoded")
+        return b"".join(self.parts)
 
 
 class StreamEncoder:

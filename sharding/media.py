@@ -17,9 +17,10 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from sharding import ivf
-from sharding.encode import (NeedTwoPasses, OnePassFrames, StreamEncoder, VideoError, frame_count_warning,
-                             output_size, plan_frames, probe, resized_frames)
+from sharding.encode import (JpegFramesEncoder, NeedTwoPasses, OnePassFrames, StreamEncoder, VideoError,
+                             frame_count_warning, output_size, plan_frames, probe, resized_frames)
 from sharding.faults import fault_point
+from sharding.formats import FormatError, format_named
 from sharding.images import process_image
 from sharding.layouts import VideoItem
 from sharding.segments import plan_segments
@@ -42,7 +43,9 @@ class _Encoded(NamedTuple):
     warning: str | None
 
 
-def _encoder(width: int, height: int, fps: Fraction, opts: dict) -> StreamEncoder:
+def _encoder(width: int, height: int, fps: Fraction, opts: dict) -> StreamEncoder | JpegFramesEncoder:
+    if opts["codec"] == "jpeg":
+        return JpegFramesEncoder(width, height, opts["jpeg_quality"])
     return StreamEncoder(width, height, fps, opts["codec"], opts["crf"], opts["speed"], opts["gop"],
                          opts["container"])
 
@@ -103,7 +106,7 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
             except NeedTwoPasses:
                 v = None
         v = v or _encode_two_passes(item.path, opts, seg_frames)
-        n, ext, samples = v.num_frames, opts["container"], []
+        n, fmt, samples = v.num_frames, format_named(opts["container"]), []
         for s, seg in enumerate(v.segments):
             key = item.video_id if opts["split"] == "eval" else f"{item.video_id}_s{s:03d}"
             meta = {
@@ -114,15 +117,14 @@ def process_video(item: VideoItem, label: int, opts: dict) -> dict:
                 "width": v.width, "height": v.height, "short": n < opts["clip_span"],
                 "vfr_converted": v.vfr, "src_width": v.src_width, "src_height": v.src_height,
             }
-            if ext == "ivf":  # where a reader may cut the stream (FORMAT.md)
-                meta["keyframes"], meta["keyframe_offsets"] = ivf.keyframes(v.data[s])
-            samples.append((key, ext, v.data[s], meta))
+            meta.update(fmt.sample_lists(v.data[s]))  # ivf: keyframes; jpeg_frames: frame offsets
+            samples.append((key, fmt.ext, v.data[s], meta))
         result = {"video_id": item.video_id, "samples": samples, "bytes_in": bytes_in, "short": n < opts["clip_span"]}
         if v.warning:
             result["warning"] = {"path": item.path, "video_id": item.video_id, "declared_frames": v.declared,
                                  "decoded_frames": v.num_decoded, "stored_frames": n, "reason": v.warning}
         return result
-    except (VideoError, ivf.IVFError) as e:
+    except (VideoError, ivf.IVFError, FormatError) as e:
         return {"video_id": item.video_id, "path": item.path, "error": str(e)}
     except Exception as e:  # an unexpected library failure on one file must not stop the build
         return {"video_id": item.video_id, "path": item.path, "error": f"unexpected {type(e).__name__}: {e}"}
@@ -155,15 +157,20 @@ class Videos(Media):
     name = "video"
 
     def identity(self, args):  # which inputs are stored depends on it
-        return {"strict_frame_count": args.strict_frame_count}
+        jpeg = {"jpeg_quality": args.jpeg_quality} if args.codec == "jpeg" else {}  # VP9/H.264 identities unchanged
+        return {"strict_frame_count": args.strict_frame_count, **jpeg}
 
     def worker_options(self, args):
         return {"media": self.name, "split": args.split, "short_side": args.short_side, "fps": args.fps,
                 "codec": args.codec, "container": args.container, "crf": args.crf, "speed": args.speed,
                 "gop": args.gop, "clip_span": args.clip_span, "segment_frames": args.segment_frames,
-                "strict_frame_count": args.strict_frame_count}
+                "strict_frame_count": args.strict_frame_count, "jpeg_quality": args.jpeg_quality}
 
     def encoding(self, args):
+        if args.codec == "jpeg":  # every frame a JPEG: no rate control, no keyframes
+            return {"codec": "jpeg", "ext": format_named(args.container).ext, "container": args.container,
+                    "short_side": args.short_side, "fps": args.fps, "pix_fmt": "yuv420p", "segment_frames": None,
+                    "clip_span": args.clip_span, "quality": args.jpeg_quality, "crf": None, "speed": None, "gop": 1}
         return {"codec": args.codec, "ext": args.container, "container": args.container,
                 "short_side": args.short_side, "fps": args.fps, "pix_fmt": "yuv420p",
                 "segment_frames": (args.segment_frames or None) if args.split == "train" else None,

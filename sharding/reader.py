@@ -13,11 +13,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from sharding import ivf
+from sharding.formats import Cut, FormatError, StorageFormat, format_of
 from sharding.shardio import FORMAT_VERSION, INT_COLUMNS, STR_COLUMNS, atomic_write_json, sha256_file
 
 _REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes, and rebuilds "
@@ -44,6 +43,8 @@ class ShardTable:
         kf_ptr, kf_frames, kf_offsets: keyframe-indexed (ivf) sets only, else None: row r's
             keyframes are frames `kf_frames[kf_ptr[r]:kf_ptr[r + 1]]`, their frame records start
             at byte `kf_offsets[...]` of the member (`cut`).
+        fo_ptr, fo_offsets: JPEG-frame sets only, else None: row r's frames start at bytes
+            `fo_offsets[fo_ptr[r]:fo_ptr[r + 1]]` of the member.
     """
 
     root: Path
@@ -55,6 +56,8 @@ class ShardTable:
     kf_ptr: np.ndarray | None = None
     kf_frames: np.ndarray | None = None
     kf_offsets: np.ndarray | None = None
+    fo_ptr: np.ndarray | None = None
+    fo_offsets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.columns["keys"])
@@ -88,34 +91,17 @@ class ShardTable:
         with SampleReader(self, max_open=1) as reader:
             return reader.read(row)
 
+    @property
+    def format(self) -> StorageFormat:
+        """The set's storage format (`sharding.formats`), from its manifest."""
+        return format_of(self.info)
+
     def cut(self, row: int, start: int, span: int) -> Cut | None:
-        """Where to cut row `row` for the frames [start, start + span) (ivf sets; None otherwise).
-
-        The cut runs from the last keyframe at or before `start` to the first keyframe at or after
-        `start + span` (or the end): a stream that decodes on its own and holds the window.
-        Example: keyframes 0, 16, 32, 48 of 64 frames, window [20, 36) -> frames [16, 48),
-        the window is frames 4..19 of the cut.
-        """
-        if self.kf_ptr is None:
-            return None
-        lo, hi = int(self.kf_ptr[row]), int(self.kf_ptr[row + 1])
-        frames = self.kf_frames[lo:hi]
-        k = lo + int(np.searchsorted(frames, start, side="right")) - 1
-        j = lo + int(np.searchsorted(frames, start + span, side="left"))
-        nf, size = int(self.columns["num_frames"][row]), int(self.columns["size"][row])
-        end_frame, end_byte = (int(self.kf_frames[j]), int(self.kf_offsets[j])) if j < hi else (nf, size)
-        first = int(self.kf_frames[k])
-        return Cut(int(self.kf_offsets[k]), end_byte, first, end_frame - first)
-
-
-class Cut(NamedTuple):
-    """Bytes [begin, end) of a member hold frames [first_frame, first_frame + num_frames); the
-    decodable stream is the member's 32-byte IVF header (frame count set to num_frames) + them."""
-
-    begin: int
-    end: int
-    first_frame: int
-    num_frames: int
+        """Where to cut row `row` for the frames [start, start + span), in formats that read part of a
+        member (ivf: at the keyframes around the window; jpeg_frames: exactly its frames); None
+        where a window reads the whole member (`StorageFormat.cut`)."""
+        fmt = self.format
+        return fmt.cut(self, row, start, span) if fmt.cuts else None
 
 
 class SampleReader:
@@ -138,7 +124,7 @@ class SampleReader:
         cols = table.columns
         self.shard, self.offset, self.size = cols["shard"], cols["offset"], cols["size"]
         self.max_open = max(1, int(max_open))
-        self._table = table if table.kf_ptr is not None else None  # keyframe-indexed: cut windows
+        self._table = table if table.format.cuts else None  # windows cut out of members
         self._reset()
 
     def _reset(self) -> None:
@@ -239,8 +225,7 @@ class SampleReader:
         if self._table is None:
             return self.read(row), start
         c = self._table.cut(row, start, span)
-        data = ivf.cut_stream(self.read(row, 0, ivf.HEADER), self.read(row, c.begin, c.end), c.num_frames)
-        return data, start - c.first_frame
+        return self._table.format.window_bytes(self, row, c), start - c.first_frame
 
 
 def _fail(path: Path | str, what: str, fix: str = _REBUILD) -> ShardError:
@@ -298,19 +283,23 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
         raise _fail(info_path, "the manifest lists no shards (no video was stored; see its `errors`)",
                     "check the build's input and errors, then rebuild")
 
-    keyframed = (info.get("encoding") or {}).get("container") == "ivf"
+    try:
+        fmt = format_of(info)
+    except FormatError as e:
+        raise _fail(info_path, str(e), "rebuild the shards with this version of sharding.build") from None
     tar_paths, parts = [], []
     for s_idx, shard in enumerate(shards):
-        tar, part = read_shard_table(root, shard, keyframed, s_idx, info_path.name)
+        tar, part = read_shard_table(root, shard, fmt, s_idx, info_path.name)
         tar_paths.append(tar)
         parts.append(part)
 
-    kf = {}
-    if keyframed:  # the per-shard CSR parts -> one CSR over all rows
-        counts = np.concatenate([np.diff(p.pop("kf_ptr")) for p in parts])
-        kf = {"kf_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-              "kf_frames": np.concatenate([p.pop("kf_frames") for p in parts]),
-              "kf_offsets": np.concatenate([p.pop("kf_offsets") for p in parts])}
+    lists = {}  # the format's per-shard CSR parts -> one CSR over all rows (ptr keys end in _ptr)
+    for key in [k for k in parts[0] if k.endswith("_ptr")]:
+        counts = np.concatenate([np.diff(p.pop(key)) for p in parts])
+        lists[key] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        prefix = key[:-len("ptr")]
+        for flat in [k for k in parts[0] if k.startswith(prefix)]:
+            lists[flat] = np.concatenate([p.pop(flat) for p in parts])
     columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
     n = len(columns["keys"])
     if n != info.get("num_samples"):
@@ -325,7 +314,7 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
     _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
     if verify == "sha256":
         check_sha256(root, shards)
-    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **kf)
+    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **lists)
 
 
 SHA256_CACHE = "_sha256_cache.json"
@@ -371,20 +360,21 @@ def _save_cache(path: Path, cache: dict) -> None:
         pass  # read-only shard folder: verified, just not cached
 
 
-def read_shard_table(root: Path, shard: dict, keyframed: bool, shard_index: int = 0,
+def read_shard_table(root: Path, shard: dict, fmt: StorageFormat, shard_index: int = 0,
                      manifest: str = "_info.json") -> tuple[str, dict[str, np.ndarray]]:
     """Check one manifest shard entry against its files and read its samples table.
 
     Args:
         root: the folder the entry's paths are relative to.
         shard: the `_info.json` entry ({path, index, table, num_samples, bytes, ...}).
-        keyframed: an ivf set: the keyframe columns are required and checked.
+        fmt: the set's storage format: its list columns are required and checked.
         shard_index: the value of the returned `shard` column.
         manifest: the manifest's name, for messages.
 
     Returns:
-        (absolute tar path, columns): the FORMAT.md columns as numpy arrays plus `shard`, and for
-        ivf sets the keyframes as CSR arrays `kf_ptr`, `kf_frames`, `kf_offsets`.
+        (absolute tar path, columns): the FORMAT.md columns as numpy arrays plus `shard`, and the
+        format's list columns as CSR arrays (ivf: `kf_ptr`, `kf_frames`, `kf_offsets`; jpeg_frames:
+        `fo_ptr`, `fo_offsets`).
 
     Raises:
         ShardError: a missing tar / index / table, a tar size other than the manifest's, a table
@@ -413,26 +403,11 @@ def read_shard_table(root: Path, shard: dict, keyframed: bool, shard_index: int 
     if n and int((part["offset"] + part["size"]).max()) > tar_size:
         raise _fail(table_path, "a sample's byte range ends past the end of its tar")
     part["shard"] = np.full(n, shard_index, dtype=np.int64)
-    if keyframed:
-        part.update(_keyframe_columns(table, table_path, part))
+    try:
+        part.update(fmt.read_lists(table, n, part["size"], part["num_frames"]))
+    except FormatError as e:
+        raise _fail(table_path, str(e)) from None
     return str(tar.resolve()), part
-
-
-def _keyframe_columns(table: dict, table_path: Path, part: dict) -> dict:
-    """Validated CSR arrays of an ivf shard's keyframe columns."""
-    frames, offsets = table.get("keyframes"), table.get("keyframe_offsets")
-    if frames is None or offsets is None or len(frames) != len(part["keys"]) or len(offsets) != len(frames):
-        raise _fail(table_path, "keyframes / keyframe_offsets columns missing or of the wrong length "
-                    "(an ivf build must list every sample's keyframes)")
-    for i, (f, o) in enumerate(zip(frames, offsets)):
-        if (len(f) != len(o) or not f or f[0] != 0 or any(b <= a for a, b in zip(f, f[1:]))
-                or any(b <= a for a, b in zip(o, o[1:])) or o[0] < ivf.HEADER or o[-1] >= part["size"][i]
-                or f[-1] >= part["num_frames"][i]):
-            raise _fail(table_path, f"row {i} ({part['keys'][i]}): keyframe table is inconsistent "
-                        "(must start at frame 0, increase, and lie inside the sample)")
-    ptr = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
-    flat = lambda col: np.asarray([x for row in col for x in row], dtype=np.int64)  # noqa: E731
-    return {"kf_ptr": ptr, "kf_frames": flat(frames), "kf_offsets": flat(offsets)}
 
 
 def _group_by_video(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

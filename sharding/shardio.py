@@ -32,6 +32,9 @@ TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames"
 assert sorted(TABLE_COLUMNS) == sorted(INT_COLUMNS + STR_COLUMNS)
 # ivf samples only: per sample, the keyframes' frame indices and record byte offsets in the member
 KEYFRAME_COLUMNS = ("keyframes", "keyframe_offsets")
+# per-sample list columns written where a format's samples carry them (sharding.formats: ivf's
+# keyframes, jpeg_frames' frame_offsets)
+LIST_COLUMNS = KEYFRAME_COLUMNS + ("frame_offsets",)
 
 
 def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[str, bytes]]:
@@ -155,7 +158,7 @@ def _write_tar(tmp: Path, samples, sha, index_lines: list, table: dict, shard: i
                                  ("width", meta["width"]), ("height", meta["height"]),
                                  ("offset", video_at[0]), ("size", video_at[1])):
                     table[col].append(val)
-                for col in KEYFRAME_COLUMNS:
+                for col in LIST_COLUMNS:
                     if col in meta:
                         table.setdefault(col, []).append(meta[col])
                 if len(index_lines) == 1:

@@ -21,9 +21,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sharding import ivf
+from sharding.formats import FormatError, StorageFormat, format_named, format_of
 from sharding.reader import SampleReader, ShardError, ShardTable, load_shards, read_shard_table
-from sharding.shardio import KEYFRAME_COLUMNS, MEMBER_ORDER, sha256_file
+from sharding.shardio import MEMBER_ORDER, sha256_file
 
 
 def count_frames(data: bytes) -> tuple[int, int, int]:
@@ -63,17 +63,17 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: d
         decode: also decode every video (slow); False checks hashes, tables and members only.
         info: the manifest (for the one-shard table); None builds a minimal one.
     """
-    keyframed = ext == "ivf"
     try:
-        tar, columns = read_shard_table(root, entry, keyframed)
-    except ShardError as e:
+        fmt = format_of(info) if info else format_named(ext)
+        tar, columns = read_shard_table(root, entry, fmt)
+    except (ShardError, FormatError) as e:
         return [str(e)]
     tar_path = Path(tar)
     problems = []
     if sha256_file(tar_path) != entry["sha256"]:
         problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced); "
                         "re-run the build command with --verify-existing to rebuild it")
-    kf = {k: columns.pop(k) for k in ("kf_ptr", "kf_frames", "kf_offsets") if k in columns}
+    lists = {k: columns.pop(k) for k in list(columns) if k.startswith(("kf_", "fo_"))}  # the format's CSR arrays
     table = ShardTable.from_columns(columns, info or {"encoding": {"ext": ext}}, root, [tar])
     keys = table.columns["keys"].tolist()
     try:
@@ -111,20 +111,18 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: d
                     or ints.tolist() != expect:
                 problems.append(f"{tar_path}: {key}: json/label/frames members disagree with the table")
             if decode:
-                problems += _check_decode(reader, i, f"{tar_path}: {key}.{ext}", cols, kf if keyframed else None)
+                problems += _check_decode(reader, i, f"{tar_path}: {key}.{ext}", cols, fmt, lists)
     return problems
 
 
-def _check_decode(reader: SampleReader, i: int, name: str, cols: dict, kf: dict | None) -> list[str]:
-    """Row i's video decodes (PyAV) to the table's frame count and size, with its listed keyframes."""
+def _check_decode(reader: SampleReader, i: int, name: str, cols: dict, fmt: StorageFormat,
+                  lists: dict) -> list[str]:
+    """Row i's video decodes (PyAV) to the table's frame count and size, and passes its format's
+    own checks (`StorageFormat.check_sample`: an ivf sample's keyframes, a JPEG frame's bounds)."""
     try:
         data = reader.read(i)
         n, w, h = count_frames(data)
-        problems = []
-        if kf is not None:
-            lo, hi = int(kf["kf_ptr"][i]), int(kf["kf_ptr"][i + 1])
-            if list(ivf.keyframes(data)) != [kf["kf_frames"][lo:hi].tolist(), kf["kf_offsets"][lo:hi].tolist()]:
-                problems.append(f"{name} keyframes differ from the table's")
+        problems = [f"{name} {p}" for p in fmt.check_sample(data, fmt.row_lists(lists, i))]
     except Exception as e:
         return [f"{name} does not decode: {e}"]
     want = (int(cols["num_frames"][i]), int(cols["width"][i]), int(cols["height"][i]))
