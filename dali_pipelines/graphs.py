@@ -164,7 +164,8 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
     """Training clips: one window + crop + flip per sample.
 
     Args:
-        source: a `sources.TrainSource` (returns `TRAIN_INPUTS`).
+        source: a `sources.TrainSource` (returns `TRAIN_INPUTS`, the format's window arrays first;
+            its `decode` turns them into frames).
         device: "cpu" or "gpu" (every operator after the decoder runs there).
         decode_device: "gpu" (NVDEC) or "cpu" (CPU threads) with device "gpu" (`decode_video`).
 
@@ -173,8 +174,8 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
     (2,) int32 [x, y], flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
-    frames = decode_video(x["encoded"], device, decode_device, start_frame=x["decode_start"],
-                          sequence_length=clip_len, stride=stride)  # (T, H, W, C)
+    # the storage format's step (dali_pipelines/decode.py): video decoder or image decoder
+    frames = source.decode.train_frames(x, device, decode_device, clip_len, stride)  # (T, H, W, C)
     clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], flip=x["flip"],
                                   size=x.get("size"),
                                   standardization=standardization)  # (C, T, crop, crop) uint8

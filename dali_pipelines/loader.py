@@ -15,14 +15,19 @@ Usage in the trainer (order matters with the forked source workers, see sources.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
+from dali_pipelines.decode import FRAME_OUTPUTS, FrameSource, FrameStream, assemble_clips, eval_frames_graph
 from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train_graph
 from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
 from dali_pipelines.sources import EvalSource, ImageTrainSource, TrainSource
+from sharding.formats import JpegFrames, format_of
 from sharding.reader import ShardError, load_shards
 
 
@@ -300,12 +305,16 @@ class EvalLoader(_Loader):
             clip_positions=cfg.clip_positions, seed=cfg.seed, crop=cfg.crop,
             resize_short=cfg.resize_short)
         graph_device = resolve_device(cfg.device, device)
-        source = EvalSource(self.table, self.sampler)
-        pipe = eval_graph(source, num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop,
-                          standardization=cfg.standardization,
-                          **_pipeline_kwargs(cfg, graph_device, local_rank))
+        source, pipe = self._graph(cfg, graph_device, local_rank)
         super().__init__(pipe, source, device, cfg.py_workers)
         self._consumed = 0  # batches taken from the pipeline (all passes)
+
+    def _graph(self, cfg: EvalDataConfig, graph_device: str, local_rank: int):
+        """(source, pipeline) of a video format: each whole video decoded once, its clips gathered."""
+        source = EvalSource(self.table, self.sampler)
+        return source, eval_graph(source, num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop,
+                                  standardization=cfg.standardization,
+                                  **_pipeline_kwargs(cfg, graph_device, local_rank))
 
     def __len__(self) -> int:
         return self.sampler.num_batches
@@ -333,6 +342,73 @@ class EvalLoader(_Loader):
                    "video": out["video"].long(), "index": out["row"]}
 
 
+class JpegFramesEvalLoader(EvalLoader):
+    """`EvalLoader` of a jpeg_frames set: the same batches, from a stream of the frames the clips
+    need (`decode.FrameStream`), each decoded once by DALI's image decoder; DALI's batches hold
+    `batch_size * clip_len` frames, and each video's clips are gathered from its frames here."""
+
+    names = FRAME_OUTPUTS
+
+    def _graph(self, cfg, graph_device, local_rank):
+        self.stream = FrameStream(self.sampler, cfg.batch_size * cfg.clip_len)
+        source = FrameSource(self.table, self.stream, resize=cfg.resize_short is not None)
+        kwargs = {**_pipeline_kwargs(cfg, graph_device, local_rank), "batch_size": self.stream.batch}
+        return source, eval_frames_graph(source, crop=cfg.crop, standardization=cfg.standardization, **kwargs)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def _in_flight(self):
+        k = self._consumed * self.stream.batch % self.stream.padded
+        rows = self.stream.row[k:k + (self.cfg.prefetch + 1) * self.stream.batch]
+        return [(int(r), None, None) for r in dict.fromkeys(rows.tolist())]
+
+    def _frames(self):
+        """(uint8 frames (n, C, H, W), scale, shift) of one DALI batch, in stream order."""
+        try:
+            if self._iter is None:
+                self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
+            out = next(self._iter)[0]
+        except RuntimeError as e:
+            if "decoders" not in str(e):
+                raise
+            raise ShardError(self._decode_failure(str(e))) from e
+        self._consumed += 1
+        k = out["k"].view(-1).cpu()
+        start = (self._consumed - 1) * self.stream.batch % self.stream.padded
+        if not torch.equal(k, torch.clamp(torch.arange(start, start + len(k)), max=len(self.stream.row) - 1)):
+            raise RuntimeError("evaluation frame stream out of order")  # never: the source is a pure function
+        return (to_device(out["clips"], self.device)[:, :, 0], to_device(out["scale"], self.device)[:, :, 0],
+                to_device(out["shift"], self.device)[:, :, 0])
+
+    def __iter__(self):
+        per_pass = self.stream.padded // self.stream.batch
+        for _ in range(-self._consumed % per_pass):  # finish a pass left early
+            self._frames()
+        ptr, B, got, bufs = self.stream.slot_ptr, self.cfg.batch_size, 0, []
+        for b in range(len(self)):
+            need = int(ptr[(b + 1) * B])
+            while got < need:
+                bufs.append(self._frames())
+                got += len(bufs[-1][0])
+            frames, scale, shift = (torch.cat([x[i] for x in bufs]) for i in range(3))
+            base = got - len(frames)  # stream index of frames[0]
+            clips, scales, shifts = [], [], []
+            for slot in range(b * B, (b + 1) * B):
+                lo, hi = int(ptr[slot]) - base, int(ptr[slot + 1]) - base
+                for t, dst in ((frames, clips), (scale, scales), (shift, shifts)):
+                    dst.append(assemble_clips(self.stream, slot, t[lo:hi], self.cfg.num_clips, self.cfg.clip_len))
+            keep = int(ptr[(b + 1) * B]) - base
+            bufs = [(frames[keep:], scale[keep:], shift[keep:])]
+            draws = self.stream.draws[b * B:(b + 1) * B]
+            yield {"clips": standardize(torch.stack(clips), torch.stack(scales), torch.stack(shifts)),
+                   "labels": torch.tensor([d.label for d in draws], dtype=torch.int64, device=self.device),
+                   "video": torch.tensor([d.video for d in draws], dtype=torch.int64, device=self.device),
+                   "index": torch.tensor([d.row for d in draws], dtype=torch.int64, device=self.device)}
+        for _ in range(-self._consumed % per_pass):  # the pass's padding batches
+            self._frames()
+
+
 def make_train_loader(cfg: TrainDataConfig, rank: int, world_size: int, local_rank: int,
                       device: torch.device | str) -> TrainLoader:
     """Build the training loader of one rank (validates the shards first).
@@ -348,5 +424,17 @@ def make_train_loader(cfg: TrainDataConfig, rank: int, world_size: int, local_ra
 
 def make_eval_loader(cfg: EvalDataConfig, rank: int, world_size: int, local_rank: int,
                      device: torch.device | str) -> EvalLoader:
-    """Build the evaluation loader of one rank; see `make_train_loader` for the arguments."""
-    return EvalLoader(cfg, rank, world_size, local_rank, device)
+    """Build the evaluation loader of one rank; see `make_train_loader` for the arguments. The
+    storage format picks the loader: a jpeg_frames set streams frames (`JpegFramesEvalLoader`)."""
+    cls = JpegFramesEvalLoader if isinstance(_set_format(cfg.shards), JpegFrames) else EvalLoader
+    return cls(cfg, rank, world_size, local_rank, device)
+
+
+def _set_format(shards: str):
+    """A shard set's storage format from its manifest alone, or None where it cannot be read (the
+    loader then reports the problem, naming the file)."""
+    path = Path(shards)
+    try:
+        return format_of(json.loads((path if path.name == "_info.json" else path / "_info.json").read_text()))
+    except (OSError, ValueError):
+        return None

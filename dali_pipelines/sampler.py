@@ -155,6 +155,7 @@ class TrainSampler:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.flip = seed, flip
         self.crop, self.resize_short = crop, resize_short
+        self.clip_len, self.stride = clip_len, stride
         cols = table.columns
         first_rows = table.video_first_rows()
         self.num_videos = table.num_videos

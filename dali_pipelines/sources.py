@@ -20,6 +20,7 @@ import mmap
 
 import numpy as np
 
+from dali_pipelines.decode import VIDEO_INPUTS, decode_for
 from dali_pipelines.graphs import EVAL_INPUTS, TRAIN_INPUTS, in_order
 from dali_pipelines.images import IMAGE_INPUTS, ImageTrainSampler, prescaled_matrices, window_path
 from dali_pipelines.sampler import EvalSampler, TrainSampler
@@ -81,24 +82,29 @@ class TrainSource(SampleSource):
     """Per-sample callback of `graphs.train_graph`.
 
     Returns, in `graphs.TRAIN_INPUTS` order (numpy arrays, never numpy scalars: DALI rejects
-    those): encoded (nbytes,) uint8, label () int32, start () int32 (the window's first frame in
-    the stored sample), decode_start () int32 (the same in the encoded bytes: `read_window`), crop
+    those): the storage format's window arrays (`decode.decode_for`: for video formats encoded
+    (nbytes,) uint8 and decode_start () int32, the window's first frame in the encoded bytes;
+    for jpeg_frames one JPEG per clip frame, frame0 ..), label () int32, start () int32 (the
+    window's first frame in the stored sample), crop
     (2,) int32 = [x, y], flip () int32, row () int64, and only with an in-graph resize, size (2,)
     float32 = [width, height] to resize to (DALI warns about, and wastes, an unused output).
     """
 
     def __init__(self, table: ShardTable, sampler: TrainSampler):
+        self.decode = decode_for(table)  # the storage format's step: what it reads, how it decodes
         names = TRAIN_INPUTS if sampler.resize_short is not None else TRAIN_INPUTS[:-1]
+        names = self.decode.train_inputs(sampler.clip_len) + tuple(n for n in names if n not in VIDEO_INPUTS)
         super().__init__(table, sampler.batch_size, names)
         self.sampler = sampler
 
     def __call__(self, sample_info):
         d = self.sampler.draw(self.sample_number(sample_info))
-        data, decode_start = self.read_window(d.row, d.start, self.sampler.span)
-        return in_order(self.names, encoded=data, label=np.array(d.label, np.int32),
-                        start=np.array(d.start, np.int32), decode_start=np.array(decode_start, np.int32),
-                        crop=np.array([d.crop_x, d.crop_y], np.int32), flip=np.array(d.flip, np.int32),
-                        row=np.array(d.row, np.int64), size=np.array([d.width, d.height], np.float32))
+        window = self.decode.train_arrays(self.reader, d.row, d.start, self.sampler.span, self.sampler.stride,
+                                          self.sampler.clip_len)
+        return in_order(self.names, **window, label=np.array(d.label, np.int32),
+                        start=np.array(d.start, np.int32), crop=np.array([d.crop_x, d.crop_y], np.int32),
+                        flip=np.array(d.flip, np.int32), row=np.array(d.row, np.int64),
+                        size=np.array([d.width, d.height], np.float32))
 
 
 class EvalSource(SampleSource):

@@ -14,6 +14,7 @@ from nvidia.dali import Pipeline, fn
 
 from conftest import cuda_device_count
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
+from dali_pipelines.decode import VideoDecode
 from dali_pipelines.graphs import TRAIN_INPUTS, TRAIN_OUTPUTS, decode_video, train_graph
 from dali_pipelines.loader import resolve_decode_device
 
@@ -71,6 +72,7 @@ class _NamesOnly:
     """Stands in for a TrainSource at graph definition (the graph reads only `names`)."""
 
     names = TRAIN_INPUTS[:-1]
+    decode = VideoDecode()  # the video formats' decode step (dali_pipelines/decode.py)
 
     def __call__(self, sample_info):  # never called: the pipeline is not built
         raise AssertionError

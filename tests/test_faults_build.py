@@ -729,3 +729,29 @@ def test_lookahead_must_be_positive(tmp_path, capsys):
         parse_args(["--input", str(tmp_path), "--layout", "folders", "--split", "train", "--out", str(tmp_path / "o"), "--lookahead", "0"])
     assert e.value.code == 2 and "--lookahead" in capsys.readouterr().err
     assert parse_args(["--input", str(tmp_path), "--layout", "folders", "--split", "train", "--out", str(tmp_path / "o")]).lookahead == 16
+
+
+def test_decode_failure_in_a_jpeg_frames_set_names_shard_key_and_bytes(small_tree, tmp_path):
+    """The same fault in the JPEG frames format: every frame of one video damaged in place (same
+    size); DALI's image decoder fails, and the loader names the shard, the key and the bytes."""
+    from dali_pipelines.config import TrainDataConfig
+    from dali_pipelines.loader import TrainLoader
+
+    out = tmp_path / "out"
+    assert build("--input", small_tree, "--layout", "folders", "--split", "train", "--codec", "jpeg",
+                 "--out", out, "--workers", "0") == 0
+    table = load_shards(out)
+    row = 2
+    tar, offset = Path(table.tar_paths[int(table.columns["shard"][row])]), int(table.columns["offset"][row])
+    data = bytearray(tar.read_bytes())
+    bounds = list(table.fo_offsets[table.fo_ptr[row]:table.fo_ptr[row + 1]]) + [int(table.columns["size"][row])]
+    for a, b in zip(bounds, bounds[1:]):  # each JPEG: its start marker kept, the rest zeros
+        data[offset + a + 2:offset + b] = bytes(b - a - 2)
+    tar.write_bytes(bytes(data))
+    key = str(table.columns["keys"][row])
+    cfg = TrainDataConfig(shards=str(out), batch_size=2, crop=64, num_threads=1, prefetch=1)
+    loader = TrainLoader(cfg, rank=0, world_size=1, local_rank=0, device="cpu")
+    with pytest.raises(ShardError, match=rf"a sample does not decode .*{key} \({tar} bytes \[\d+, \d+\)\)"):
+        for _ in range(3):
+            for _ in loader:
+                pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tarfile
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ SWS_FLAGS = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolatio
 @pytest.fixture(scope="module")
 def shard_sets(tmp_path_factory) -> dict[str, Path]:
     """Built with the real builder from VP9 inputs: 'train' (the default: keyframe-indexed ivf,
-    keyframes every 16 frames), 'train_segments' (webm, 64-frame segments) and 'eval' (whole webm)."""
+    keyframes every 16 frames), 'train_segments' (webm, 64-frame segments), 'eval' (whole webm) and
+    'train_jpeg' / 'eval_jpeg' (`--codec jpeg`: every frame a JPEG)."""
     root = tmp_path_factory.mktemp("pipelines")
     for cls, counts in VIDEOS.items():
         for i, n in enumerate(counts):
@@ -47,7 +49,8 @@ def shard_sets(tmp_path_factory) -> dict[str, Path]:
                 height=170, codec="libvpx-vp9")
     out = {}
     for name, split, extra in (("train", "train", []), ("train_segments", "train", ["--container", "webm"]),
-                               ("eval", "eval", [])):
+                               ("eval", "eval", []), ("train_jpeg", "train", ["--codec", "jpeg"]),
+                               ("eval_jpeg", "eval", ["--codec", "jpeg"])):
         out[name] = root / name
         rc = build.main(["--input", str(root / "in"), "--layout", "folders", "--split", split,
                          "--out", str(out[name]), "--workers", "0", "--videos-per-shard", "3",
@@ -108,6 +111,43 @@ def test_train_dump_matches_pyav(shard_sets, tmp_path, layout, standardization, 
         np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
 
 
+def jpeg_reference_frames(table, row: int) -> np.ndarray:
+    """(F, H, W, 3) uint8: each JPEG of a stored jpeg_frames sample decoded by Pillow, split at the
+    frame offsets of the sample's own json member (not the table the loader reads)."""
+    from PIL import Image
+
+    data = table.read(row)
+    key = str(table.columns["keys"][row])
+    with tarfile.open(table.root / table.info["shards"][int(table.columns["shard"][row])]["path"]) as tar:
+        offsets = json.loads(tar.extractfile(f"{key}.json").read())["frame_offsets"] + [len(data)]
+    return np.stack([np.asarray(Image.open(io.BytesIO(data[a:b])).convert("RGB"))
+                     for a, b in zip(offsets, offsets[1:])])
+
+
+@pytest.mark.parametrize("standardization,clip_len,stride", [
+    ("per_frame", 16, 1), ("mean_std", 8, 2), ("per_frame", 24, 1)])
+def test_train_dump_on_jpeg_frames_matches_pillow(shard_sets, tmp_path, standardization, clip_len, stride):
+    """The exactness test's twin for `--codec jpeg`: DALI's image decoder on the window's frames vs
+    Pillow on each stored JPEG + numpy crop/flip/standardize (edge padding past a short video's
+    end, a stride, a clip longer than the build's span)."""
+    d = run_dump(tmp_path, shard_sets["train_jpeg"], "train", "--batches", "3", "--batch-size", "4",
+                 "--standardization", standardization, "--clip-len", str(clip_len),
+                 "--stride", str(stride), "--seed", "7")
+    table = load_shards(shard_sets["train_jpeg"])
+    assert table.format.name == "jpeg_frames" and d["clips"].shape == (12, 3, clip_len, 112, 112)
+    assert np.array_equal(d["labels"], table.columns["labels"][d["index"]])
+    for b in range(len(d["clips"])):
+        ref = jpeg_reference_frames(table, int(d["index"][b]))
+        assert len(ref) == table.columns["num_frames"][d["index"][b]]
+        idx = np.minimum(d["start"][b] + np.arange(clip_len) * stride, len(ref) - 1)  # edge padding
+        x, y = int(d["crop_x"][b]), int(d["crop_y"][b])
+        clip = ref[idx, y:y + 112, x:x + 112]
+        if d["flip"][b]:
+            clip = clip[:, :, ::-1]
+        expected = standardize(clip, standardization).transpose(3, 0, 1, 2)  # (T,H,W,C) -> (C,T,H,W)
+        np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
+
+
 @pytest.mark.parametrize("standardization", ["per_frame", "mean_std"])
 def test_eval_dump_matches_pyav_centre_crop_uniform_clips(shard_sets, tmp_path, standardization):
     n_clips = 3
@@ -127,6 +167,36 @@ def test_eval_dump_matches_pyav_centre_crop_uniform_clips(shard_sets, tmp_path, 
             y, x = (h - 112) // 2, (w - 112) // 2
             expected = standardize(ref[idx, y:y + 112, x:x + 112], standardization).transpose(3, 0, 1, 2)
             np.testing.assert_array_less(np.abs(d["clips"][b, k] - expected).max(), 1e-4)
+
+
+@pytest.mark.parametrize("standardization,ranks", [("per_frame", 1), ("mean_std", 2)])
+def test_eval_on_jpeg_frames_matches_pillow(shard_sets, standardization, ranks):
+    """The evaluation's twin for `--codec jpeg`: each needed frame decoded once by DALI's image
+    decoder, clips assembled per video, against Pillow + numpy (centre crop, uniform clips); every
+    video once over the ranks, padding marked -1, the same batches on a second pass."""
+    table = load_shards(shard_sets["eval_jpeg"])
+    n_clips, seen = 3, []
+    for rank in range(ranks):
+        cfg = EvalDataConfig(shards=str(shard_sets["eval_jpeg"]), batch_size=2, num_clips=n_clips,
+                             standardization=standardization, py_workers=0)
+        loader = make_eval_loader(cfg, rank, ranks, 0, "cpu")
+        passes = [list(loader) for _ in range(2)]
+        assert len(passes[0]) == len(loader) and all(torch.equal(a["clips"], b["clips"]) for a, b in zip(*passes))
+        for batch in passes[0]:
+            assert batch["clips"].shape == (2, n_clips, 3, 16, 112, 112)
+            for b in np.flatnonzero(batch["video"].numpy() >= 0):
+                seen.append(int(batch["video"][b]))
+                row = int(batch["index"][b])
+                ref = jpeg_reference_frames(table, row)
+                f, h, w = ref.shape[:3]
+                assert int(batch["labels"][b]) == table.columns["labels"][row]
+                for k in range(n_clips):
+                    start = (k * max(f - 16, 0)) // (n_clips - 1)
+                    idx = np.minimum(start + np.arange(16), f - 1)
+                    y, x = (h - 112) // 2, (w - 112) // 2
+                    expected = standardize(ref[idx, y:y + 112, x:x + 112], standardization).transpose(3, 0, 1, 2)
+                    np.testing.assert_array_less(np.abs(batch["clips"][b, k].numpy() - expected).max(), 1e-4)
+    assert sorted(seen) == list(range(table.num_videos))
 
 
 def test_eval_every_video_once_over_two_ranks(shard_sets):

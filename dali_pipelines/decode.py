@@ -1,0 +1,162 @@
+"""The one place where a shard set's storage format (`sharding.formats`) changes the DALI graphs:
+what a training source returns for a window and how the graph turns it into frames. Everything
+after the frames (resize, crop, flip, layout, standardization) is the same for every format.
+
+- Video formats (ivf, webm, mp4): the window's encoded bytes (an ivf member cut at the keyframes
+  around it, or a whole member) and the window's first frame in them; DALI's video decoder
+  (`graphs.decode_video`: libavcodec on the CPU, NVDEC with `device="mixed"`).
+- `jpeg_frames`: the window's frames as separate JPEGs (one contiguous read of the member, split
+  at the table's frame offsets); each frame through DALI's image decoder (libjpeg-turbo on the CPU;
+  nvJPEG, and the hardware JPEG decoder where the GPU has one, with `device="mixed"`), then
+  stacked into a sequence. Exactly the clip's frames are decoded, at any stride.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from dali_pipelines.graphs import augment, decode_video, in_order, source_node
+from sharding.formats import JpegFrames
+from sharding.reader import SampleReader, ShardTable
+
+VIDEO_INPUTS = ("encoded", "decode_start")  # what `VideoDecode` adds to a training source's outputs
+
+
+class VideoDecode:
+    """A window of a video member, decoded by DALI's video decoder."""
+
+    def train_inputs(self, clip_len: int) -> tuple[str, ...]:
+        """The source outputs this step needs, in the order the source returns them."""
+        return VIDEO_INPUTS
+
+    def train_arrays(self, reader: SampleReader, row: int, start: int, span: int, stride: int,
+                     clip_len: int) -> dict[str, np.ndarray]:
+        """encoded (nbytes,) uint8: what `SampleReader.read_window` returns; decode_start () int32:
+        the window's first frame in it."""
+        data, decode_start = reader.read_window(row, start, span)
+        return {"encoded": np.frombuffer(data, dtype=np.uint8), "decode_start": np.array(decode_start, np.int32)}
+
+    def train_frames(self, x: dict, device: str, decode_device: str, clip_len: int, stride: int):
+        """DataNode (T, H, W, C) uint8 RGB of the window, on `device`."""
+        return decode_video(x["encoded"], device, decode_device, start_frame=x["decode_start"],
+                            sequence_length=clip_len, stride=stride)
+
+
+class JpegFramesDecode:
+    """A window of a `jpeg_frames` member: its T frames, each decoded by DALI's image decoder."""
+
+    def __init__(self, table: ShardTable):
+        self.table = table
+        self.fmt: JpegFrames = table.format
+
+    def train_inputs(self, clip_len: int) -> tuple[str, ...]:
+        return tuple(f"frame{k}" for k in range(clip_len))
+
+    def train_arrays(self, reader, row, start, span, stride, clip_len):
+        """frame0 .. frame{T-1}: (nbytes,) uint8 JPEGs of frames start, start + stride, ...; past
+        the video's end the last frame again (the video decoder's `pad_mode="edge"`)."""
+        c = self.table.cut(row, start, span)
+        data = np.frombuffer(reader.read(row, c.begin, c.end), dtype=np.uint8)
+        bounds = self.fmt.frame_bounds(self.table, row, c)
+        picks = np.minimum(np.arange(clip_len) * stride, c.num_frames - 1)
+        return {f"frame{k}": data[bounds[i]:bounds[i + 1]] for k, i in enumerate(picks)}
+
+    def train_frames(self, x, device, decode_device, clip_len, stride):
+        backend = "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
+        frames = [fn.decoders.image(x[f"frame{k}"], device=backend, output_type=types.RGB) for k in range(clip_len)]
+        seq = fn.stack(*frames, axis=0, axis_name="F")  # (T, H, W, C)
+        return seq.gpu() if device == "gpu" and backend == "cpu" else seq
+
+
+def decode_for(table: ShardTable) -> VideoDecode | JpegFramesDecode:
+    """The decode step of a shard set's training graph, by its storage format."""
+    return JpegFramesDecode(table) if isinstance(table.format, JpegFrames) else VideoDecode()
+
+
+# ------------------------------------------------------------------------------------ evaluation
+# A video format's evaluation decodes each whole video once and gathers its N clips in the graph
+# (`graphs.eval_graph`). A jpeg_frames video is a set of independent frames, so its evaluation is a
+# stream of the frames the clips need, each decoded once (`FrameStream`): DALI's batches hold
+# frames, and the loader assembles each video's clips from its decoded frames (`JpegFramesEval`).
+
+FRAME_INPUTS = ("encoded", "crop", "k", "size")  # per frame: JPEG, crop [x, y], stream index, resize
+FRAME_OUTPUTS = ("clips", "scale", "shift", "k")
+
+
+class FrameStream:
+    """The frames an evaluation pass needs, in order: every video slot of the rank's pass
+    (`EvalSampler`, padding slots included), each slot's distinct frames in increasing order.
+
+    Attributes:
+        slot_ptr: (S + 1,) the frames of slot s are stream entries slot_ptr[s] .. slot_ptr[s + 1].
+        inverse: per slot, (N * T,) positions of its clip frames among its distinct frames.
+        row, frame, crop, size: per stream entry, its table row, frame index, crop [x, y] and
+            resize [w, h].
+        padded: entries per pass rounded up to whole DALI batches (the tail repeats the last frame).
+    """
+
+    def __init__(self, sampler, frames_per_batch: int):
+        rows, frames, crops, sizes, ptr, self.inverse, self.draws = [], [], [], [], [0], [], []
+        for n in range(sampler.samples_per_pass):
+            d = sampler.draw(n)
+            uniq, inv = np.unique(d.frame_idx, return_inverse=True)
+            self.draws.append(d)
+            self.inverse.append(inv.astype(np.int64))
+            rows.append(np.full(len(uniq), d.row))
+            frames.append(uniq)
+            crops.append(np.tile([d.crop_x, d.crop_y], (len(uniq), 1)))
+            sizes.append(np.tile([d.width, d.height], (len(uniq), 1)))
+            ptr.append(ptr[-1] + len(uniq))
+        self.slot_ptr = np.asarray(ptr, np.int64)
+        self.row, self.frame = np.concatenate(rows), np.concatenate(frames)
+        self.crop, self.size = np.concatenate(crops).astype(np.int32), np.concatenate(sizes).astype(np.float32)
+        self.batch = frames_per_batch
+        self.padded = -(-len(self.row) // frames_per_batch) * frames_per_batch
+
+
+class FrameSource:
+    """Per-sample callback of `eval_frames_graph`: stream entry n (repeating every pass) -> its JPEG
+    (one read at the table's frame offset), crop, stream index and resize size."""
+
+    def __init__(self, table: ShardTable, stream: FrameStream, resize: bool):
+        from dali_pipelines.sources import SampleSource
+
+        self.base = SampleSource(table, stream.batch, FRAME_INPUTS if resize else FRAME_INPUTS[:-1])
+        self.names, self.reader, self.stream, self.table = self.base.names, self.base.reader, stream, table
+
+    def __call__(self, sample_info):
+        k = self.base.sample_number(sample_info) % self.stream.padded
+        k = min(k, len(self.stream.row) - 1)  # the tail of the last batch repeats the last frame
+        row, f = int(self.stream.row[k]), int(self.stream.frame[k])
+        lo, nf = int(self.table.fo_ptr[row]), int(self.table.columns["num_frames"][row])
+        begin = int(self.table.fo_offsets[lo + f])
+        end = int(self.table.fo_offsets[lo + f + 1]) if f + 1 < nf else int(self.table.columns["size"][row])
+        return in_order(self.names, encoded=np.frombuffer(self.reader.read(row, begin, end), np.uint8),
+                        crop=self.stream.crop[k], k=np.array(k, np.int64), size=self.stream.size[k])
+
+
+@pipeline_def
+def eval_frames_graph(source, *, device: str, crop: int, standardization: str, py_workers: int,
+                      prefetch: int, decode_device: str = "gpu"):
+    """One evaluation frame per sample: image decoder -> the clips' resize, crop and
+    standardization (`graphs.augment` on a one-frame sequence, so the arithmetic is the video
+    evaluation's). Outputs (`FRAME_OUTPUTS`): clips (C, 1, crop, crop) uint8, scale and shift
+    ((1, 1, 1, 1) or (C, 1, 1, 1)), k () int64."""
+    x = source_node(source, py_workers, prefetch)
+    backend = "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
+    img = fn.decoders.image(x["encoded"], device=backend, output_type=types.RGB)
+    img = img.gpu() if device == "gpu" and backend == "cpu" else img
+    frames = fn.expand_dims(img, axes=[0], new_axis_names="F")  # (1, H, W, C)
+    clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"),
+                                  standardization=standardization)
+    return in_order(FRAME_OUTPUTS, clips=clips, scale=scale, shift=shift, k=x["k"])
+
+
+def assemble_clips(stream: FrameStream, slot: int, frames: "torch.Tensor", num_clips: int,
+                   clip_len: int) -> "torch.Tensor":
+    """A slot's (N, C, T, H, W) clips from its distinct frames (U, C, H, W) (any dtype)."""
+    import torch
+
+    x = frames[torch.from_numpy(stream.inverse[slot]).to(frames.device)]  # (N*T, C, H, W)
+    return x.reshape(num_clips, clip_len, *x.shape[1:]).transpose(1, 2)  # (N, C, T, H, W)
