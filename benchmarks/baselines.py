@@ -13,6 +13,12 @@ standardization, float32 (C, T, H, W); batches):
 
 They read webm/mp4 samples (decord cannot open IVF; the harness gives them a webm twin of an ivf
 build, with the same keyframes) and all seek to the keyframe at or before the window.
+
+On a `--codec jpeg` (jpeg_frames) build of the same videos, the JPEG peers read the window's bytes
+(one pread from its first frame to the end of its last, at the table's frame offsets, as our source
+does) and decode its 16 JPEGs: `dataloader_tv_jpeg` (torchvision.io.decode_jpeg, libjpeg-turbo),
+`dataloader_pil_jpeg` (Pillow) in a torch DataLoader, and `spdl_jpeg` (SPDL's thread-pool pipeline,
+`spdl.io.load_image_batch`, FFmpeg's JPEG decoder).
 """
 
 from __future__ import annotations
@@ -26,17 +32,23 @@ CLIP_LEN, CROP = 16, 112
 DATALOADER_DECODERS = {"dataloader_decord": "decord", "dataloader_pyav": "pyav",
                        "dataloader_torchcodec": "torchcodec"}
 PEERS = tuple(DATALOADER_DECODERS) + ("spdl",)
+JPEG_DATALOADER_DECODERS = {"dataloader_tv_jpeg": "torchvision_jpeg", "dataloader_pil_jpeg": "pil_jpeg"}
+JPEG_PEERS = tuple(JPEG_DATALOADER_DECODERS) + ("spdl_jpeg",)  # peers on jpeg_frames shards
 # torchcodec's two knobs: "<seek_mode>,<method>"; seek_mode approximate|exact, method at
 # (get_frames_at(indices)) | range (get_frames_in_range(start, stop)). The default is the best
 # of the four measured in benchmarks/RESULTS.md.
 TORCHCODEC_DEFAULT = "approximate,range"
-DECODER_MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders", "spdl": "spdl.io"}
+DECODER_MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders", "spdl": "spdl.io",
+                   "torchvision_jpeg": "torchvision.io", "pil_jpeg": "PIL.Image", "spdl_jpeg": "spdl.io"}
 # What to install where a peer's library is missing (the benchmark prints it and skips the peer).
 INSTALL_HINT = {
     "decord": "pip install decord",
     "torchcodec": "pip install torchcodec==0.17.0 (needs the FFmpeg shared libraries: apt-get install ffmpeg)",
     "spdl": "pip install spdl==0.8.0",
     "pyav": "pip install av",
+    "torchvision_jpeg": "pip install torchvision",
+    "pil_jpeg": "pip install pillow",
+    "spdl_jpeg": "pip install spdl==0.8.0",
 }
 
 
@@ -139,8 +151,36 @@ def decode_window(decoder: str, data: bytes, start: int, n: int, num_frames: int
     raise ValueError(f"unknown decoder {decoder!r}; choose from decord, pyav, torchcodec, spdl")
 
 
+def window_jpegs(table, reader, row: int, start: int, n: int) -> list[bytes]:
+    """The JPEGs of frames start .. start + n - 1 of a jpeg_frames sample (one read; past the
+    end the last frame again, as the DALI graph's edge padding)."""
+    c = table.cut(row, start, n)
+    data = reader.read(row, c.begin, c.end)
+    b = table.format.frame_bounds(table, row, c)
+    return [data[b[i]:b[i + 1]] for i in np.minimum(np.arange(n), c.num_frames - 1)]
+
+
+def decode_jpegs(decoder: str, jpegs: list[bytes]) -> np.ndarray:
+    """(n, H, W, C) uint8 RGB of n JPEGs with the named decoder."""
+    if decoder == "torchvision_jpeg":
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        imgs = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs], mode=ImageReadMode.RGB)
+        return torch.stack(imgs).permute(0, 2, 3, 1).numpy()
+    if decoder == "pil_jpeg":
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+    if decoder == "spdl_jpeg":
+        import spdl.io
+
+        return spdl.io.to_numpy(spdl.io.load_image_batch(jpegs, width=None, height=None, pix_fmt="rgb24"))
+    raise ValueError(f"unknown JPEG decoder {decoder!r}")
+
+
 def decoder_of(peer: str) -> str:
-    return DATALOADER_DECODERS.get(peer, peer)
+    return {**DATALOADER_DECODERS, **JPEG_DATALOADER_DECODERS}.get(peer, peer)
 
 
 class ClipDataset:
@@ -154,7 +194,7 @@ class ClipDataset:
         from sharding.reader import SampleReader
 
         self.reader = SampleReader(table)
-        self.num_frames = table.columns["num_frames"]
+        self.table, self.num_frames = table, table.columns["num_frames"]
         self.sampler, self.decoder, self.torchcodec = sampler, decoder, torchcodec
 
     def __len__(self) -> int:
@@ -164,9 +204,12 @@ class ClipDataset:
         import torch
 
         d = self.sampler.draw(n)
-        data = self.reader.read(d.row)
-        frames = decode_window(self.decoder, data, d.start, CLIP_LEN, int(self.num_frames[d.row]),
-                               self.torchcodec)
+        if self.decoder.endswith("_jpeg"):
+            frames = decode_jpegs(self.decoder, window_jpegs(self.table, self.reader, d.row, d.start, CLIP_LEN))
+        else:
+            data = self.reader.read(d.row)
+            frames = decode_window(self.decoder, data, d.start, CLIP_LEN, int(self.num_frames[d.row]),
+                                   self.torchcodec)
         return {"clips": standardize_clip(frames, d.crop_x, d.crop_y, d.flip),
                 "labels": torch.tensor(d.label), "index": torch.tensor(d.row),
                 "start": torch.tensor(d.start)}
@@ -203,7 +246,7 @@ def batches_dataloader(cfg: dict, decoder: str):
         yield b["clips"].to(device, non_blocking=True), keep(b["index"]), keep(b["start"])
 
 
-def batches_spdl(cfg: dict):
+def batches_spdl(cfg: dict, jpeg: bool = False):
     """Endless (clips, rows, starts) batches from an SPDL pipeline: `cfg['workers']` threads load
     clips concurrently (SPDL's decoder releases the GIL), then batches of `batch_size` are stacked.
     Clips come back in sample order, so the stream is the DataLoaders' one."""
@@ -219,7 +262,10 @@ def batches_spdl(cfg: dict):
 
     def load(n: int):
         d = sampler.draw(n)
-        frames = decode_window_spdl(reader.read(d.row), d.start, CLIP_LEN, int(num_frames[d.row]))
+        if jpeg:
+            frames = decode_jpegs("spdl_jpeg", window_jpegs(table, reader, d.row, d.start, CLIP_LEN))
+        else:
+            frames = decode_window_spdl(reader.read(d.row), d.start, CLIP_LEN, int(num_frames[d.row]))
         return standardize_clip(frames, d.crop_x, d.crop_y, d.flip), d.row, d.start
 
     def collate(items):
@@ -242,9 +288,9 @@ def batches_spdl(cfg: dict):
 def batches_peer(cfg: dict):
     """The named peer's endless (clips, rows, starts) batches."""
     name = cfg["loader"]
-    if name == "spdl":
-        return batches_spdl(cfg)
-    return batches_dataloader(cfg, DATALOADER_DECODERS[name])
+    if name in ("spdl", "spdl_jpeg"):
+        return batches_spdl(cfg, jpeg=name == "spdl_jpeg")
+    return batches_dataloader(cfg, decoder_of(name))
 
 
 def peer_unavailable(peer: str, shards: str, torchcodec: str = TORCHCODEC_DEFAULT) -> str | None:
@@ -262,8 +308,13 @@ def peer_unavailable(peer: str, shards: str, torchcodec: str = TORCHCODEC_DEFAUL
                 f"{str(e).splitlines()[0][:200] if str(e) else ''}); {INSTALL_HINT[decoder]}")
     try:
         table = load_shards(shards, split="train")
-        frames = decode_window(decoder, table.read(0), 0, 2, int(table.columns["num_frames"][0]),
-                               torchcodec)
+        if decoder.endswith("_jpeg"):
+            from sharding.reader import SampleReader
+
+            frames = decode_jpegs(decoder, window_jpegs(table, SampleReader(table), 0, 0, 2))
+        else:
+            frames = decode_window(decoder, table.read(0), 0, 2, int(table.columns["num_frames"][0]),
+                                   torchcodec)
         if frames.shape[0] != 2:
             return f"{decoder} returned {frames.shape[0]} frames for a 2-frame window"
         return None

@@ -197,11 +197,13 @@ def _wait_rusage(proc: subprocess.Popen) -> tuple[int, float, int]:
     return proc.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
-def run_ours(listing: Path, out: Path, workers: int) -> dict:
+def run_ours(listing: Path, out: Path, workers: int, codec: str = "vp9") -> dict:
+    """`sharding.build --split train` of the inputs: VP9 ivf (the default) or `--codec jpeg`."""
+    fmt = (["--crf", str(CRF), "--speed", str(SPEED), "--gop", str(GOP), "--container", "ivf"] if codec == "vp9"
+           else ["--codec", "jpeg"])
     cmd = [sys.executable, "-m", "sharding.build", "--input", str(listing), "--layout", "list",
            "--split", "train", "--out", str(out), "--dataset", "bench", "--workers", str(workers),
-           "--short-side", str(SHORT_SIDE), "--crf", str(CRF), "--speed", str(SPEED), "--gop", str(GOP),
-           "--container", "ivf", "--quiet"]
+           "--short-side", str(SHORT_SIDE), *fmt, "--quiet"]
     log = out.with_suffix(".log")
     with open(log, "wb") as f:
         t0 = time.perf_counter()
@@ -216,7 +218,7 @@ def run_ours(listing: Path, out: Path, workers: int) -> dict:
         raise RuntimeError(f"sharding.build exited {code}: {err[-2000:]}")
     worker_rss = [v for pid, v in sampler.peak_rss.items() if pid != main_pid]
     info = json.loads((out / "_info.json").read_text())
-    return {"side": "sharding.build", "wall_s": wall, "cpu_s": cpu, "videos": info["num_videos"],
+    return {"side": "sharding.build" + ("" if codec == "vp9" else f" --codec {codec}"), "wall_s": wall, "cpu_s": cpu, "videos": info["num_videos"],
             "errors": len(info["errors"]), "bytes_out": sum(s["bytes"] for s in info["shards"]),
             "peak_rss_worker_mb": max(worker_rss, default=0) / 2 ** 20,
             "peak_rss_main_mb": sampler.peak_rss.get(main_pid, 0) / 2 ** 20,
@@ -354,6 +356,9 @@ def parse_args(argv):
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--kinetics-gb", type=float, default=700.0,
                    help="input size the core-hours extrapolation is for (Kinetics-700: ~700 GB)")
+    p.add_argument("--codec", choices=["vp9", "jpeg"], default="vp9",
+                   help="jpeg: our build with --codec jpeg (JPEG frames) against our VP9 build of the same "
+                        "inputs (the ffmpeg and PyAV sides, references for VP9, are skipped)")
     p.add_argument("--_pyav-jobs", help=argparse.SUPPRESS)  # internal: one worker of the PyAV side
     return p.parse_args(argv)
 
@@ -371,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     if args._pyav_jobs:
         return _pyav_worker(args._pyav_jobs)
     if shutil.which("ffmpeg") is None:
-        print("error: the ffmpeg command line is the reference: apt-get install ffmpeg", file=sys.stderr)
+        print("error: the ffmpeg command line is the reference (and builds the default inputs): apt-get "
+              "install ffmpeg", file=sys.stderr)
         return 2
+    if args.codec == "jpeg":
+        return main_jpeg(args)
     listing = args.input or default_inputs(args.cache_dir)
     inputs = read_inputs(listing)
     sizes = [probe_size(p) for p in inputs]
@@ -423,6 +431,52 @@ def main(argv: list[str] | None = None) -> int:
                                          "input_mb": mb_in, "rows": rows, "ratios": ratio,
                                          "core_hours_ours": core_hours, "kinetics_gb": args.kinetics_gb},
                                         indent=1))
+        print(f"json: {args.json}")
+    return 0
+
+
+def main_jpeg(args) -> int:
+    """`--codec jpeg`: our JPEG-frames build against our VP9 build of the same inputs, interleaved."""
+    listing = args.input or default_inputs(args.cache_dir)
+    inputs = read_inputs(listing)
+    mb_in = sum(p.stat().st_size for p in inputs) / 1e6
+    seconds = sum(probe_size(p)[2] for p in inputs)
+    print(f"{len(inputs)} inputs, {mb_in:.1f} MB, {seconds:.0f} s of video; {args.workers} workers, "
+          f"{args.repeats} repeat(s)", flush=True)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.repeats):
+            for codec in ("vp9", "jpeg"):
+                d = Path(tmp) / f"{codec}_{k}"
+                r = run_ours(listing, d, args.workers, codec)
+                shutil.rmtree(d, ignore_errors=True)
+                print(f"  {r['side']}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} CPU-s", flush=True)
+                runs.setdefault(codec, []).append(r)
+    rows = {c: _median_run(rs) for c, rs in runs.items()}
+    machine = machine_info(sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
+    machine["load_avg_start"], machine["load_avg_end"] = load_start, [round(x, 2) for x in os.getloadavg()]
+    vp9, jpeg = rows["vp9"], rows["jpeg"]
+    ratio = {"cpu_jpeg_vs_vp9": jpeg["cpu_s"] / vp9["cpu_s"], "wall_jpeg_vs_vp9": jpeg["wall_s"] / vp9["wall_s"],
+             "bytes_jpeg_vs_vp9": jpeg["bytes_out"] / vp9["bytes_out"]}
+    gb = args.kinetics_gb
+    k700 = {c: {"core_hours": r["cpu_s"] / mb_in * gb * 1000 / 3600, "storage_gb": r["bytes_out"] / 1e6 / mb_in * gb}
+            for c, r in rows.items()}
+    print()
+    print(format_table(list(rows.values()), mb_in))
+    print(f"jpeg / vp9 (same run): CPU {ratio['cpu_jpeg_vs_vp9']:.2f}x, wall {ratio['wall_jpeg_vs_vp9']:.2f}x, "
+          f"bytes out {ratio['bytes_jpeg_vs_vp9']:.1f}x; out per video-second: vp9 "
+          f"{vp9['bytes_out'] / seconds / 1e3:.1f} KB, jpeg {jpeg['bytes_out'] / seconds / 1e3:.1f} KB")
+    print(f"extrapolation to {gb:g} GB of input like these: vp9 {k700['vp9']['core_hours']:.0f} core-hours, "
+          f"{k700['vp9']['storage_gb']:.0f} GB stored; jpeg {k700['jpeg']['core_hours']:.0f} core-hours, "
+          f"{k700['jpeg']['storage_gb']:.0f} GB stored")
+    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, load {machine['load_avg_start']} -> "
+          f"{machine['load_avg_end']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "inputs": [str(p) for p in inputs], "input_mb": mb_in,
+                                         "video_seconds": seconds, "rows": rows, "ratios": ratio,
+                                         "kinetics": k700, "kinetics_gb": gb}, indent=1))
         print(f"json: {args.json}")
     return 0
 

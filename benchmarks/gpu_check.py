@@ -38,6 +38,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -177,7 +178,8 @@ def _data_dir(args) -> Path:
 
 def _tiny_sets(args) -> dict[str, Path]:
     d = _data_dir(args)
-    return {"ivf": d / "train_ivf", "segments": d / "train_webm", "eval": d / "eval"}
+    return {"ivf": d / "train_ivf", "segments": d / "train_webm", "eval": d / "eval",
+            "jpeg": d / "train_jpeg", "eval_jpeg": d / "eval_jpeg"}
 
 
 def step_data(args) -> dict:
@@ -191,7 +193,8 @@ def step_data(args) -> dict:
         _write_videos(src, 6, 40 if args.quick else 90)
     sets = _tiny_sets(args)
     for name, (split, extra) in {"ivf": ("train", []), "segments": ("train", ["--container", "webm"]),
-                                 "eval": ("eval", [])}.items():
+                                 "eval": ("eval", []), "jpeg": ("train", ["--codec", "jpeg"]),
+                                 "eval_jpeg": ("eval", ["--codec", "jpeg"])}.items():
         if not (sets[name] / "_info.json").is_file():
             rc = build.main(["--input", str(src), "--layout", "folders", "--split", split, "--out",
                              str(sets[name]), "--workers", "0", "--videos-per-shard", "3", "--quiet", *extra])
@@ -206,12 +209,16 @@ def step_data(args) -> dict:
 
         out["bench"] = str(synthetic_shards(_data_dir(args) / "cache", num_videos=32, num_frames=250,
                                             workers=max(os.cpu_count() or 2, 2)))
+        out["bench_jpeg"] = str(synthetic_shards(_data_dir(args) / "cache", num_videos=32, num_frames=250,
+                                                 codec="jpeg", workers=max(os.cpu_count() or 2, 2)))
     return out
 
 
-def _bench_shards(args) -> Path:
-    bench = [p for p in (_data_dir(args) / "cache").glob("shards_*") if (p / "_info.json").is_file()]
-    return bench[0] if bench and not args.quick else _tiny_sets(args)["ivf"]
+def _bench_shards(args, fmt: str = "ivf") -> Path:
+    """The loader's shard set of a format: the synthetic benchmark set, or with --quick the tiny one."""
+    pattern = "shards_jpeg_*" if fmt == "jpeg" else "shards_vp9_*"
+    bench = [p for p in (_data_dir(args) / "cache").glob(pattern) if (p / "_info.json").is_file()]
+    return bench[0] if bench and not args.quick else _tiny_sets(args)[fmt]
 
 
 def step_decode(args) -> dict:
@@ -233,7 +240,7 @@ def step_decode(args) -> dict:
         for name, device, decode in graphs:
             case = {"layout": layout, "graph": name}
             try:
-                if layout == "eval":
+                if layout.startswith("eval"):
                     cfg = EvalDataConfig(shards=str(path), batch_size=3, num_clips=3, py_workers=0,
                                          device=device, decode_device=decode)
                     batch = next(iter(make_eval_loader(cfg, 0, 1, 0, "cuda:0" if device == "gpu" else "cpu")))
@@ -307,28 +314,41 @@ def step_loader(args) -> dict:
     batches = (22, 88) if not args.quick else ((22,) if cuda else (2,))
     threads = max((os.cpu_count() or 2) - 1, 1)
     variants = [("nvdec", "gpu", "gpu"), ("cpu_decode_gpu_ops", "gpu", "cpu")] if cuda else [("cpu", "cpu", "cpu")]
-    out = {"shards": str(shards), "num_threads": threads, "runs": [], "could_not": []}
+    out = {"shards": str(shards), "shards_jpeg": str(_bench_shards(args, "jpeg")), "num_threads": threads,
+           "runs": [], "could_not": []}
     if not cuda:
         out["could_not"].append("no GPU: the CPU graph only; no utilisation sampling, no DataLoader peer")
-    for batch in batches:
-        for name, device, decode in variants:
-            cfg = TrainDataConfig(shards=str(shards), batch_size=batch, num_threads=threads, py_workers=0,
-                                  device=device, decode_device=decode, epoch_clips=batch * 1000)
-            loader = make_train_loader(cfg, 0, 1, 0, "cuda:0" if cuda else "cpu")
-            it = iter(loader)
-            next(it)  # builds the pipeline
-            smi = _Smi(cuda)
-            n, t = 0, time.perf_counter()
-            while time.perf_counter() - t < seconds:
-                b = next(it)
-                n += b["clips"].shape[0]
-            if cuda:
-                import torch
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-            out["runs"].append({"loader": name, "batch": batch, "clips_per_s": n / dt, **smi.stop()})
-            _save(args, out)
-            del it, loader
+
+    def cpu_s() -> float:  # this process and its threads (the graph's CPU work runs here: py_workers 0)
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    # both storage formats: VP9 (NVDEC, or CPU decode + GPU ops) and JPEG frames (nvJPEG / the
+    # hardware JPEG decoder where the GPU has one, or CPU decode + GPU ops)
+    for batch, (fmt, set_path), (name, device, decode) in [
+            (b, f, v) for b in batches for f in (("vp9", shards), ("jpeg", _bench_shards(args, "jpeg")))
+            for v in variants]:
+        if not (set_path / "_info.json").is_file():
+            out["could_not"].append(f"{fmt}: no shards at {set_path}")
+            continue
+        cfg = TrainDataConfig(shards=str(set_path), batch_size=batch, num_threads=threads, py_workers=0,
+                              device=device, decode_device=decode, epoch_clips=batch * 1000)
+        loader = make_train_loader(cfg, 0, 1, 0, "cuda:0" if cuda else "cpu")
+        it = iter(loader)
+        next(it)  # builds the pipeline
+        smi = _Smi(cuda)
+        n, t, c = 0, time.perf_counter(), cpu_s()
+        while time.perf_counter() - t < seconds:
+            b = next(it)
+            n += b["clips"].shape[0]
+        if cuda:
+            import torch
+            torch.cuda.synchronize()
+        dt, dc = time.perf_counter() - t, cpu_s() - c
+        out["runs"].append({"format": fmt, "loader": name, "batch": batch, "clips_per_s": n / dt,
+                            "cpu_s_per_clip": dc / max(n, 1), **smi.stop()})
+        _save(args, out)
+        del it, loader
     if cuda:
         for batch in batches:
             res = args.out / "work" / f"dataloader_b{batch}.json"

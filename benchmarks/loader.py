@@ -18,7 +18,11 @@ decode the same windows of the same shards; only the machinery differs:
   picks its seek mode and frame call), and SPDL's own thread-pool pipeline (`spdl`). A peer whose
   library is missing is skipped with what to install;
 - `dali_whole_video`: our graph on a whole-video webm build of the same videos (no segments, no
-  keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: docs/DESIGN.md).
+  keyframe index), to show what the ivf cut buys (DALI decodes from frame 0 in memory: docs/DESIGN.md);
+- the JPEG frames format, side by side: `dali_jpeg` is our graph on a `--codec jpeg` build of the
+  same videos (DALI's image decoder on exactly the window's frames), against the JPEG peers of
+  `benchmarks/baselines.py` (`dataloader_tv_jpeg`, `dataloader_pil_jpeg`, `spdl_jpeg`) on the same
+  shards.
 
 On the default (ivf, keyframe-indexed) shards, the peers read a webm build of the same videos with
 the same keyframes (decord cannot open IVF), where they seek to the keyframe before the window:
@@ -36,7 +40,10 @@ window).
 
 The ceiling: DALI CPU full-decode frames/s of the same samples (all frames, RGB, `--threads`
 threads, bytes preloaded) and PyAV full-decode frames/s (`--cores` processes, rgb24), the larger
-one divided by the clip length: no loader decoding on these cores can beat it.
+one divided by the clip length: no loader decoding on these cores can beat it. Each format has its
+own (on the JPEG frames: DALI's image decoder on batches of frames, and PyAV). Besides the speed,
+each row gives the bytes a clip reads (the cut, the window's JPEGs, or a whole member) and each
+shard set the bytes it stores per second of video.
 """
 
 
@@ -55,11 +62,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.baselines import (CLIP_LEN, CROP, PEERS, TORCHCODEC_DEFAULT, batches_peer, keep,
+from benchmarks.baselines import (CLIP_LEN, CROP, JPEG_PEERS, PEERS, TORCHCODEC_DEFAULT, batches_peer, keep,
                                   peer_unavailable)
 from benchmarks.measure import ResourceMonitor, exit_now, machine_info  # exit_now: benchmarks.train uses it
 
-LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video")
+LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video",
+           "dali_jpeg", "dataloader_tv_jpeg", "dataloader_pil_jpeg", "spdl_jpeg")
+JPEG_LOADERS = ("dali_jpeg",) + JPEG_PEERS  # they read the jpeg_frames build of the same videos
 SEEKING_PEERS = frozenset(PEERS)  # they seek to the keyframe at or before the window
 
 
@@ -91,6 +100,33 @@ def keyframes_of(data: bytes) -> np.ndarray:
     return np.flatnonzero(flags)
 
 
+def bytes_per_clip(shards: str, rows: np.ndarray, starts: np.ndarray, seeks: bool) -> float:
+    """Bytes read per delivered clip: the window's cut where the format cuts (ivf: plus its 32-byte
+    header; jpeg_frames: the window's JPEGs), else the whole member (the seeking peers too)."""
+    from sharding.reader import load_shards
+
+    table = load_shards(shards, split="train")
+    total = 0
+    for row, start in zip(rows.tolist(), starts.tolist()):
+        c = None if seeks else table.cut(row, start, CLIP_LEN)
+        total += int(table.columns["size"][row]) if c is None else c.end - c.begin + (32 if table.format.name == "ivf" else 0)
+    return total / max(len(rows), 1)
+
+
+def stored_bytes_per_video_second(shards: str) -> float:
+    """Bytes of the shard set's tars per second of stored video (at the first sample's frame rate)."""
+    import tarfile
+
+    from sharding.reader import load_shards
+
+    table = load_shards(shards, split="train")
+    with tarfile.open(table.tar_paths[0]) as tar:
+        key = str(table.columns["keys"][0])
+        fps = json.loads(tar.extractfile(f"{key}.json").read())["fps"]
+    frames = int(table.columns["video_num_frames"][table.video_first_rows()].sum())
+    return sum(s["bytes"] for s in table.info["shards"]) / (frames / fps)
+
+
 def decoded_per_delivered(shards: str, rows: np.ndarray, starts: np.ndarray, seeks: bool) -> float:
     """Frames decoded per delivered frame for the delivered windows (see the module docstring)."""
     from sharding.reader import load_shards
@@ -100,7 +136,7 @@ def decoded_per_delivered(shards: str, rows: np.ndarray, starts: np.ndarray, see
     decoded = 0
     for row, start in zip(rows.tolist(), starts.tolist()):
         first = 0
-        if not seeks and table.kf_ptr is not None:  # DALI on an ivf set: the cut's first keyframe
+        if not seeks and table.format.cuts:  # the cut's first frame (ivf: a keyframe; jpeg: the window's)
             first = table.cut(row, start, CLIP_LEN).first_frame
         elif seeks:
             if row not in cache:
@@ -120,7 +156,7 @@ def run_loader(cfg: dict) -> dict:
     name = cfg["loader"]
     mon = ResourceMonitor()
     t_start = time.perf_counter()
-    if name in ("dali", "dali_whole_video"):
+    if name in ("dali", "dali_whole_video", "dali_jpeg"):
         it = batches_dali(cfg)
     else:
         it = batches_peer(cfg)
@@ -155,6 +191,7 @@ def run_loader(cfg: dict) -> dict:
     rows, starts = np.concatenate(all_rows), np.concatenate(all_starts)
     return {"loader": name, "clips_per_s": statistics.median(rates),
             "decoded_per_delivered": decoded_per_delivered(cfg["shards"], rows, starts, seeks),
+            "bytes_per_clip": bytes_per_clip(cfg["shards"], rows, starts, seeks),
             "cpu_cores": cpu / wall, "peak_rss_mb": mon.peak_rss / 2 ** 20,
             "clips_per_cpu_s": n_clips / max(cpu, 1e-9),
             "clips": n_clips, "window_clips_per_s": rates, "batch_shape": shape, "dtype": dtype,
@@ -189,6 +226,34 @@ def _ceiling_dali(cfg: dict, datas: list[np.ndarray], mon: ResourceMonitor) -> t
     return frames / wall, (mon.cpu_seconds() - cpu0) / wall
 
 
+def _ceiling_dali_jpeg(cfg: dict, frames: list[np.ndarray], mon: ResourceMonitor) -> tuple[float, float]:
+    """DALI's CPU image decoder on batches of JPEG frames (what `dali_jpeg` decodes), bytes preloaded."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    bs = cfg["batch_size"] * CLIP_LEN
+    pos = [0]
+
+    def source():
+        out = [frames[(pos[0] + i) % len(frames)] for i in range(bs)]
+        pos[0] += bs
+        return out
+
+    @pipeline_def(batch_size=bs, num_threads=cfg["threads"], device_id=None, prefetch_queue_depth=2)
+    def full_decode():
+        return fn.decoders.image(fn.external_source(source=source, batch=True), device="cpu", output_type=types.RGB)
+
+    pipe = full_decode()
+    pipe.build()
+    for _ in range(2):
+        pipe.run()
+    cpu0, t0, n = mon.cpu_seconds(), time.perf_counter(), 0
+    while time.perf_counter() - t0 < cfg["seconds"] / 2:
+        pipe.run()
+        n += bs
+    wall = time.perf_counter() - t0
+    return n / wall, (mon.cpu_seconds() - cpu0) / wall
+
+
 def _pyav_full_decode(datas: list[bytes]) -> int:
     import av
 
@@ -218,6 +283,13 @@ def _ceiling_pyav(cfg: dict, datas: list[bytes], mon: ResourceMonitor) -> tuple[
         return frames / wall, (mon.cpu_seconds() - cpu0) / wall
 
 
+def _all_jpegs(table, reader, row: int) -> list[bytes]:
+    c = table.cut(row, 0, int(table.columns["num_frames"][row]))
+    data = reader.read(row, c.begin, c.end)
+    b = table.format.frame_bounds(table, row, c)
+    return [data[b[i]:b[i + 1]] for i in range(c.num_frames)]
+
+
 def run_ceiling(cfg: dict) -> dict:
     """Full-decode frames/s of the benchmark's samples (DALI CPU and PyAV), bytes preloaded."""
     from sharding.reader import load_shards
@@ -229,8 +301,15 @@ def run_ceiling(cfg: dict) -> dict:
     out = {}
     out["pyav_fps"], out["pyav_cpu_cores"] = _ceiling_pyav(cfg, datas, mon)
     try:
-        out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali(
-            cfg, [np.frombuffer(d, np.uint8) for d in datas], mon)
+        if table.format.name == "jpeg_frames":  # the image decoder, frame by frame
+            from sharding.reader import SampleReader
+
+            reader = SampleReader(table)
+            frames = [np.frombuffer(j, np.uint8) for r in rows for j in _all_jpegs(table, reader, r)]
+            out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali_jpeg(cfg, frames, mon)
+        else:
+            out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali(
+                cfg, [np.frombuffer(d, np.uint8) for d in datas], mon)
     except Exception as e:  # e.g. H.264 shards: DALI's CPU decoder has no H.264
         out["dali_cpu_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     mon.stop()
@@ -309,24 +388,31 @@ def plot(results: list[dict], ceiling: float | None, path: Path, title: str,
     plt.close(fig)
 
 
-def format_table(results: list[dict], ceiling: dict | None) -> str:
-    """The console table; `ceiling` is the ceiling child's result (or None)."""
-    c = ceiling["fps"] / CLIP_LEN if ceiling else None
-    c_cpu = ceiling["fps_per_cpu_s"] / CLIP_LEN if ceiling else None
+def _ceiling_of(r: dict, ceilings: dict) -> dict | None:
+    """The ceiling that applies to a result row: its own format's."""
+    return ceilings.get("jpeg" if r.get("codec") == "jpeg" else "video")
+
+
+def format_table(results: list[dict], ceilings: dict) -> str:
+    """The console table; `ceilings` maps "video" / "jpeg" to the ceiling child's result."""
     lines = [f"{'loader':<21} {'clips/s':>8} {'% ceil':>7} {'clips/cpu-s':>11} {'% ceil/cpu':>10} "
-             f"{'decoded/deliv':>13} {'cpu cores':>9} {'peak RSS MB':>11}  shards"]
+             f"{'decoded/deliv':>13} {'KB/clip':>8} {'cpu cores':>9} {'peak RSS MB':>11}  shards"]
     for r in results:
         if "error" in r:
             lines.append(f"{r['loader']:<21} ERROR {r['error'][:200]}")
             continue
+        ceiling = _ceiling_of(r, ceilings)
+        c = ceiling["fps"] / CLIP_LEN if ceiling else None
+        c_cpu = ceiling["fps_per_cpu_s"] / CLIP_LEN if ceiling else None
         pct = f"{100 * r['clips_per_s'] / c:.0f}%" if c else "-"
         pct_cpu = f"{100 * r['clips_per_cpu_s'] / c_cpu:.0f}%" if c_cpu else "-"
         lines.append(f"{r['loader']:<21} {r['clips_per_s']:8.1f} {pct:>7} {r['clips_per_cpu_s']:11.1f} "
-                     f"{pct_cpu:>10} {r['decoded_per_delivered']:13.2f} {r['cpu_cores']:9.2f} "
-                     f"{r['peak_rss_mb']:11.0f}  {r['codec']} {Path(r['shards']).name}")
-    if ceiling:
-        lines.append(f"{'ceiling (full decode)':<21} {c:8.1f} {'':>7} {c_cpu:11.1f} {'':>10} {1.0:13.2f} "
-                     f"{ceiling['cpu_cores']:9.2f}")
+                     f"{pct_cpu:>10} {r['decoded_per_delivered']:13.2f} {r.get('bytes_per_clip', 0) / 1e3:8.1f} "
+                     f"{r['cpu_cores']:9.2f} {r['peak_rss_mb']:11.0f}  {r['codec']} {Path(r['shards']).name}")
+    for fmt, ceiling in ceilings.items():
+        c, c_cpu = ceiling["fps"] / CLIP_LEN, ceiling["fps_per_cpu_s"] / CLIP_LEN
+        lines.append(f"{'ceiling (' + fmt + ')':<21} {c:8.1f} {'':>7} {c_cpu:11.1f} {'':>10} {1.0:13.2f} "
+                     f"{'':>8} {ceiling['cpu_cores']:9.2f}")
     return "\n".join(lines)
 
 
@@ -340,6 +426,8 @@ def parse_args(argv):
                    help="shards for the peers when --shards is keyframe-indexed ivf (decord "
                         "cannot open IVF): a --container webm --segment-frames 0 build of the same "
                         "videos with the same --gop, where they seek to the same keyframes")
+    p.add_argument("--jpeg-shards", help="a --codec jpeg build of the same videos for the JPEG loaders "
+                   "(synthetic: built automatically; with --shards: skipped unless given)")
     p.add_argument("--loaders", default=",".join(LOADERS), help="comma list of " + ", ".join(LOADERS))
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="DALI backend / where batches are delivered (auto: gpu when CUDA is present)")
@@ -430,7 +518,24 @@ def prepare_shards(args, loaders: list[str], cores: int, notes: list[str]) -> di
     if "dali_whole_video" in loaders and not whole:
         notes.append("dali_whole_video skipped: pass --whole-shards (a --segment-frames 0 build)")
         loaders.remove("dali_whole_video")
-    return {"dali": shards, "dali_whole_video": whole, **{n: peer_shards for n in PEERS}}
+    jpeg = args.jpeg_shards
+    if any(n in JPEG_LOADERS for n in loaders) and not jpeg:
+        if args.shards:
+            notes.append("the JPEG loaders skipped: pass --jpeg-shards (a --codec jpeg build of the same videos)")
+            for n in [n for n in loaders if n in JPEG_LOADERS]:
+                loaders.remove(n)
+        else:
+            from benchmarks.synthetic import synthetic_shards
+
+            jpeg = str(synthetic_shards(codec="jpeg", **synth))
+    for n in [n for n in loaders if n in JPEG_PEERS]:
+        why = peer_unavailable(n, jpeg)
+        if why is not None:
+            notes.append(f"{n} skipped: {why}")
+            print(f"skipping {n}: {why}", flush=True)
+            loaders.remove(n)
+    return {"dali": shards, "dali_whole_video": whole, **{n: peer_shards for n in PEERS},
+            **{n: jpeg for n in JPEG_LOADERS}}
 
 
 def measure_all(loaders: list[str], shards_of: dict, base: dict, with_ceiling: bool, notes: list[str]):
@@ -446,52 +551,73 @@ def measure_all(loaders: list[str], shards_of: dict, base: dict, with_ceiling: b
         else:
             print(f"  {r['clips_per_s']:.1f} clips/s, {r['cpu_cores']:.2f} cores, "
                   f"{r['peak_rss_mb']:.0f} MB", flush=True)
-    ceiling_info = None
+    ceilings = {}
     if with_ceiling:
-        print("running the full-decode ceiling ...", flush=True)
-        ceiling_info = run_child({**base, "loader": "ceiling", "shards": shards_of["dali"]}, timeout)
-        if "fps" not in ceiling_info:
-            notes.append(f"ceiling failed: {ceiling_info.get('error')}")
-            ceiling_info = None
-    return results, ceiling_info
+        sets = {"video": shards_of["dali"]} if any(n not in JPEG_LOADERS for n in loaders) else {}
+        if any(n in JPEG_LOADERS for n in loaders):
+            sets["jpeg"] = shards_of["dali_jpeg"]
+        for fmt, shards in sets.items():
+            print(f"running the full-decode ceiling ({fmt}) ...", flush=True)
+            info = run_child({**base, "loader": "ceiling", "shards": shards}, timeout)
+            if "fps" in info:
+                ceilings[fmt] = info
+            else:
+                notes.append(f"ceiling ({fmt}) failed: {info.get('error')}")
+    return results, ceilings
 
 
-def ratios(results: list[dict], ceiling_info: dict | None) -> dict:
+def ratios(results: list[dict], ceilings: dict) -> dict:
     """Same-run ratios: DALI over the best peer (clips/s and per CPU-s) and DALI's share of the
-    ceiling; None where a term is missing."""
+    ceiling, for the video format (dali) and the JPEG frames format (dali_jpeg, against the JPEG
+    peers), and dali_jpeg over dali; None where a term is missing."""
     by = {r["loader"]: r for r in results if "clips_per_s" in r}
-    peers = [r for n, r in by.items() if n in PEERS]
-    best = max(peers, key=lambda r: r["clips_per_s"], default=None)
-    dali = by.get("dali")
-    out = {"best_peer": best["loader"] if best else None, "dali_over_best_peer": None,
-           "dali_over_best_peer_per_cpu_s": None, "dali_of_ceiling": None, "dali_of_ceiling_per_cpu_s": None}
-    if dali and best:
-        out["dali_over_best_peer"] = dali["clips_per_s"] / best["clips_per_s"]
-        out["dali_over_best_peer_per_cpu_s"] = dali["clips_per_cpu_s"] / max(
-            (r["clips_per_cpu_s"] for r in peers), default=float("nan"))
-    if dali and ceiling_info:
-        out["dali_of_ceiling"] = dali["clips_per_s"] / (ceiling_info["fps"] / CLIP_LEN)
-        out["dali_of_ceiling_per_cpu_s"] = dali["clips_per_cpu_s"] / (ceiling_info["fps_per_cpu_s"] / CLIP_LEN)
+    out = {}
+    for ours, peer_names, fmt, prefix in (("dali", PEERS, "video", "dali"), ("dali_jpeg", JPEG_PEERS, "jpeg", "dali_jpeg")):
+        peers = [r for n, r in by.items() if n in peer_names]
+        best = max(peers, key=lambda r: r["clips_per_s"], default=None)
+        dali, ceiling = by.get(ours), ceilings.get(fmt)
+        out.update({f"{'best_peer' if ours == 'dali' else 'best_jpeg_peer'}": best["loader"] if best else None,
+                    f"{prefix}_over_best_peer": None, f"{prefix}_over_best_peer_per_cpu_s": None,
+                    f"{prefix}_of_ceiling": None, f"{prefix}_of_ceiling_per_cpu_s": None})
+        if dali and best:
+            out[f"{prefix}_over_best_peer"] = dali["clips_per_s"] / best["clips_per_s"]
+            out[f"{prefix}_over_best_peer_per_cpu_s"] = dali["clips_per_cpu_s"] / max(
+                (r["clips_per_cpu_s"] for r in peers), default=float("nan"))
+        if dali and ceiling:
+            out[f"{prefix}_of_ceiling"] = dali["clips_per_s"] / (ceiling["fps"] / CLIP_LEN)
+            out[f"{prefix}_of_ceiling_per_cpu_s"] = dali["clips_per_cpu_s"] / (ceiling["fps_per_cpu_s"] / CLIP_LEN)
+    d, j = by.get("dali"), by.get("dali_jpeg")
+    out["dali_jpeg_over_dali"] = j["clips_per_s"] / d["clips_per_s"] if d and j else None
+    out["dali_jpeg_over_dali_per_cpu_s"] = j["clips_per_cpu_s"] / d["clips_per_cpu_s"] if d and j else None
     return out
 
 
-def report(args, results, ceiling_info, machine, base, shards_of, loaders, notes, device) -> None:
+def report(args, results, ceilings, machine, base, shards_of, loaders, notes, device) -> None:
     """Print the table, the same-run ratios and the notes; write the plot and the JSON."""
     shards = shards_of["dali"]
-    ceiling = ceiling_info["fps"] / CLIP_LEN if ceiling_info else None
+    video = ceilings.get("video")
+    ceiling = video["fps"] / CLIP_LEN if video else None
     print()
-    print(format_table(results, ceiling_info))
-    if ceiling_info:
-        print("full decode (all frames to RGB) frames/s: " + ", ".join(
-            f"{k[:-4]} {ceiling_info[k]:.0f} on {ceiling_info[k[:-4] + '_cpu_cores']:.2f} cores"
-            for k in ceiling_info if k.endswith("_fps")))
-    rat = ratios(results, ceiling_info)
-    if rat["dali_over_best_peer"] is not None:
-        print(f"dali / best peer ({rat['best_peer']}): {rat['dali_over_best_peer']:.2f}x clips/s, "
-              f"{rat['dali_over_best_peer_per_cpu_s']:.2f}x clips per CPU-s")
-    if rat["dali_of_ceiling"] is not None:
-        print(f"dali / ceiling: {100 * rat['dali_of_ceiling']:.0f}% clips/s, "
-              f"{100 * rat['dali_of_ceiling_per_cpu_s']:.0f}% clips per CPU-s")
+    print(format_table(results, ceilings))
+    for fmt, info in ceilings.items():
+        print(f"full decode (all frames to RGB, {fmt}) frames/s: " + ", ".join(
+            f"{k[:-4]} {info[k]:.0f} on {info[k[:-4] + '_cpu_cores']:.2f} cores" for k in info if k.endswith("_fps")))
+    stored = {}
+    for name in ("dali", "dali_jpeg"):
+        if name in loaders and shards_of.get(name):
+            stored[name] = stored_bytes_per_video_second(shards_of[name])
+            print(f"stored: {stored[name] / 1e3:.1f} KB per video-second ({Path(shards_of[name]).name})")
+    rat = ratios(results, ceilings)
+    for prefix, best in (("dali", "best_peer"), ("dali_jpeg", "best_jpeg_peer")):
+        if rat[f"{prefix}_over_best_peer"] is not None:
+            print(f"{prefix} / best peer ({rat[best]}): {rat[f'{prefix}_over_best_peer']:.2f}x clips/s, "
+                  f"{rat[f'{prefix}_over_best_peer_per_cpu_s']:.2f}x clips per CPU-s")
+        if rat[f"{prefix}_of_ceiling"] is not None:
+            print(f"{prefix} / its ceiling: {100 * rat[f'{prefix}_of_ceiling']:.0f}% clips/s, "
+                  f"{100 * rat[f'{prefix}_of_ceiling_per_cpu_s']:.0f}% clips per CPU-s")
+    if rat["dali_jpeg_over_dali"] is not None:
+        print(f"dali_jpeg / dali (VP9): {rat['dali_jpeg_over_dali']:.2f}x clips/s, "
+              f"{rat['dali_jpeg_over_dali_per_cpu_s']:.2f}x clips per CPU-s")
     print(f"machine: {machine['cpu']}, {base['cores']} of {machine['logical_cpus']} CPUs, load "
           f"{machine['load_avg_start']} -> {machine['load_avg_end']}; batch {args.batch_size}, "
           f"DALI threads {base['threads']}, peer workers {base['workers']}, device {device}")
@@ -502,12 +628,17 @@ def report(args, results, ceiling_info, machine, base, shards_of, loaders, notes
         png = args.out_dir / f"loader_{device}.png"
         plot(results, ceiling, png, f"{Path(shards).name}: {base['cores']} CPU cores, batch "
              f"{args.batch_size}, {device}",
-             ceiling_info["fps_per_cpu_s"] / CLIP_LEN if ceiling_info else None)
+             video["fps_per_cpu_s"] / CLIP_LEN if video else None)
         print(f"plot: {png}")
     if args.json:
+        jpeg = ceilings.get("jpeg")
         out = {"machine": machine, "shards": shards, "ceiling_clips_per_s": ceiling,
-               "ceiling_clips_per_cpu_s": ceiling_info["fps_per_cpu_s"] / CLIP_LEN if ceiling else None,
-               "ceiling": ceiling_info, "settings": {k: v for k, v in base.items() if k != "core_ids"},
+               "ceiling_clips_per_cpu_s": video["fps_per_cpu_s"] / CLIP_LEN if video else None,
+               "ceiling": video, "ceiling_jpeg": jpeg,
+               "ceiling_jpeg_clips_per_s": jpeg["fps"] / CLIP_LEN if jpeg else None,
+               "ceiling_jpeg_clips_per_cpu_s": jpeg["fps_per_cpu_s"] / CLIP_LEN if jpeg else None,
+               "stored_bytes_per_video_second": stored,
+               "settings": {k: v for k, v in base.items() if k != "core_ids"},
                "ratios": rat, "notes": notes, "results": results,
                "shards_by_loader": {n: shards_of[n] for n in loaders}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -541,9 +672,9 @@ def main(argv: list[str] | None = None) -> int:
                 core_ids=available[:cores], py_workers=args.py_workers, prefetch=args.prefetch,
                 torchcodec=args.torchcodec)
     machine = machine_info(base["core_ids"])
-    results, ceiling_info = measure_all(loaders, shards_of, base, not args.no_ceiling, notes)
+    results, ceilings = measure_all(loaders, shards_of, base, not args.no_ceiling, notes)
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    report(args, results, ceiling_info, machine, base, shards_of, loaders, notes, device)
+    report(args, results, ceilings, machine, base, shards_of, loaders, notes, device)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LOADERS = ["dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video"]
+LOADERS = ["dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video",
+           "dali_jpeg", "dataloader_tv_jpeg", "dataloader_pil_jpeg", "spdl_jpeg"]
 # Peers whose library may be missing on a machine: the benchmark skips them with a note saying why.
-OPTIONAL = {"dataloader_torchcodec": "torchcodec", "spdl": "spdl"}
+OPTIONAL = {"dataloader_torchcodec": "torchcodec", "spdl": "spdl", "spdl_jpeg": "spdl"}
 BATCH = 2
 
 
@@ -74,6 +75,31 @@ def test_ivf_cut_decodes_less_than_whole_webm(loader_run):
     # average, from the keyframe before the window 23.5 (keyframes 0, 16, 32)
     assert by["dali"]["decoded_per_delivered"] < by["dali_whole_video"]["decoded_per_delivered"]
     assert by["dali"]["decoded_per_delivered"] <= 1 + 15 / 16
+
+
+def test_jpeg_frames_side_by_side(loader_run):
+    """The JPEG frames format in the same run: our graph and the JPEG peers on a --codec jpeg build
+    of the same videos decode exactly the delivered frames and read only the window's JPEGs; both
+    formats have their ceiling, their stored bytes per video-second and the same-run ratios."""
+    res, _, stdout = loader_run
+    by = {r["loader"]: r for r in res["results"]}
+    jpeg = [n for n in ("dali_jpeg", "dataloader_tv_jpeg", "dataloader_pil_jpeg", "spdl_jpeg") if n in by]
+    assert "dali_jpeg" in jpeg and "dataloader_tv_jpeg" in jpeg
+    info = json.loads(Path(by["dali_jpeg"]["shards"], "_info.json").read_text())
+    assert info["encoding"]["container"] == "jpeg_frames"
+    from sharding.reader import load_shards
+
+    member = load_shards(by["dali_jpeg"]["shards"]).columns["size"].mean()  # 40 frames
+    for n in jpeg:
+        assert by[n]["codec"] == "jpeg" and by[n]["decoded_per_delivered"] == 1.0, n
+        # 16 of the 40 frames' JPEGs: about 40% of a member (frames differ a little in size)
+        assert 0.3 * member < by[n]["bytes_per_clip"] < 0.5 * member, n
+    assert by["dali"]["bytes_per_clip"] < by["dataloader_decord"]["bytes_per_clip"]  # the ivf cut vs a whole member
+    assert res["ceiling_jpeg_clips_per_s"] > 0 and res["ceiling_clips_per_s"] > 0
+    stored = res["stored_bytes_per_video_second"]
+    assert stored["dali_jpeg"] > stored["dali"] > 0  # JPEG frames cost more bytes than VP9
+    assert res["ratios"]["dali_jpeg_over_dali_per_cpu_s"] > 0 and res["ratios"]["best_jpeg_peer"] in jpeg
+    assert "dali_jpeg / dali (VP9)" in stdout and "ceiling (jpeg)" in stdout
 
 
 def test_dataloader_decoders_agree(loader_run):

@@ -34,8 +34,11 @@ def test_gpu_check_cpu_quick_dry_run(tmp_path):
     assert [(x["memory_format"], x["clips_per_s"] > 0) for x in steps["model"]["runs"]] == [
         ("NCDHW", True), ("channels_last_3d", True)]
     cases = steps["decode"]["cases"]
-    assert [c["layout"] for c in cases] == ["ivf", "segments", "eval"] and not any("error" in c for c in cases)
-    assert all(x["clips_per_s"] > 0 for x in steps["loader"]["runs"])
+    assert [c["layout"] for c in cases] == ["ivf", "segments", "eval", "jpeg", "eval_jpeg"]
+    assert not any("error" in c for c in cases)
+    runs = steps["loader"]["runs"]
+    assert {x["format"] for x in runs} == {"vp9", "jpeg"}  # both storage formats, side by side
+    assert all(x["clips_per_s"] > 0 and x["cpu_s_per_clip"] > 0 for x in runs)
     assert steps["train"]["runs"] and steps["train"]["runs"][0]["loop_clips_per_s"] > 0
     md = (out / "gpu_check.md").read_text()
     assert "## env: timeout" in md and "## train: ok" in md and "could not: no GPU" in md
