@@ -244,3 +244,9 @@ def test_another_or_missing_text_encoder_is_refused(run, tmp_path, capsys):
 def test_h264_eval_builds_are_refused_with_the_fix():
     with pytest.raises(PredictError, match="GPU only.*--shards"):
         predict_cli.check_build({"codec": "h264", "source": "shards/ucf101/_info.json"})
+
+
+def test_jpeg_frame_eval_builds_are_refused_with_the_fix():
+    # NOTE: predict does not read JPEG-frame eval sets yet; the message says so and names the way out
+    with pytest.raises(PredictError, match="does not read that format yet: pass --shards with a VP9 eval set"):
+        predict_cli.check_build({"codec": "jpeg", "source": "shards/ucf101_jpeg/_info.json"})

@@ -149,6 +149,12 @@ def find_videos(paths: list[str]) -> tuple[list[Path], bool]:
 
 def check_build(build: dict) -> None:
     """Raises PredictError when predict's CPU graph cannot decode what the run's builder wrote."""
+    if build["codec"] == "jpeg":
+        # NOTE: not built yet: predict runs the video evaluation graph on one in-memory video; a
+        # JPEG-frames eval set is evaluated through a frame stream (dali_pipelines/decode.py).
+        raise PredictError(f"the run's eval shards are JPEG frames ({build['source']}); predict does not read "
+                           "that format yet: pass --shards with a VP9 eval set (`sharding.build --split eval`) "
+                           "built with the same --short-side and --fps")
     if build["codec"] != "vp9":
         # The graph runs on DALI's CPU backend, which decodes VP8/VP9 only.
         raise PredictError(f"the run's eval shards are {build['codec']} ({build['source']}), which DALI "
