@@ -253,3 +253,24 @@ def test_two_stage_recipe_end_to_end(tmp_path):
     r = run(config("stage2", tmp_path / "vid_shards", init=str(tmp_path / "stage1")))
     assert "model.init: backbone weights from" in r.stdout + r.stderr
     assert len((tmp_path / "stage2" / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_retry_errors_on_an_image_build(tmp_path):
+    """--retry-errors re-reads a finished image shard holding samples and errors: its table has the
+    still-image format's columns (an image build used to be read as keyframe-indexed ivf: exit 2)."""
+    from PIL import Image
+
+    from sharding.build import main as build_main
+
+    folder = tmp_path / "in" / "a" / "abbey"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (200, 260, 3), dtype=np.uint8)).save(folder / f"x{i}.jpg")
+    (folder / "bad.jpg").write_bytes(b"not a jpeg")
+    args = ["--input", str(tmp_path / "in"), "--layout", "images", "--split", "train", "--out", str(tmp_path / "out"),
+            "--workers", "0", "--max-error-rate", "0.5", "--quiet"]
+    assert build_main(args) == 0
+    Image.fromarray(np.zeros((200, 260, 3), np.uint8)).save(folder / "bad.jpg", "JPEG")  # fixed
+    assert build_main(args + ["--retry-errors"]) == 0
+    info = json.loads((tmp_path / "out" / "_info.json").read_text())
+    assert info["errors"] == [] and info["num_videos"] == 4
