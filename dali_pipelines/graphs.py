@@ -175,8 +175,8 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
     """
     x = source_node(source, py_workers, prefetch)
     # the storage format's step (dali_pipelines/decode.py): video decoder or image decoder
-    frames = source.decode.train_frames(x, device, decode_device, clip_len, stride)  # (T, H, W, C)
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], flip=x["flip"],
+    frames, crop_xy = source.decode.train_frames(x, device, decode_device, clip_len, stride, crop)  # (T, H, W, C)
+    clips, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, flip=x["flip"],
                                   size=x.get("size"),
                                   standardization=standardization)  # (C, T, crop, crop) uint8
     return in_order(TRAIN_OUTPUTS, clips=clips, scale=scale, shift=shift, **x)

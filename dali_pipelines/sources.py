@@ -84,7 +84,7 @@ class TrainSource(SampleSource):
     Returns, in `graphs.TRAIN_INPUTS` order (numpy arrays, never numpy scalars: DALI rejects
     those): the storage format's window arrays (`decode.decode_for`: for video formats encoded
     (nbytes,) uint8 and decode_start () int32, the window's first frame in the encoded bytes;
-    for jpeg_frames one JPEG per clip frame, frame0 ..), label () int32, start () int32 (the
+    for jpeg_frames one JPEG per clip frame, frame0 .., and crop_pos), label () int32, start () int32 (the
     window's first frame in the stored sample), crop
     (2,) int32 = [x, y], flip () int32, row () int64, and only with an in-graph resize, size (2,)
     float32 = [width, height] to resize to (DALI warns about, and wastes, an unused output).
@@ -93,14 +93,14 @@ class TrainSource(SampleSource):
     def __init__(self, table: ShardTable, sampler: TrainSampler):
         self.decode = decode_for(table)  # the storage format's step: what it reads, how it decodes
         names = TRAIN_INPUTS if sampler.resize_short is not None else TRAIN_INPUTS[:-1]
-        names = self.decode.train_inputs(sampler.clip_len) + tuple(n for n in names if n not in VIDEO_INPUTS)
+        names = (self.decode.train_inputs(sampler.clip_len, sampler.resize_short is not None)
+                 + tuple(n for n in names if n not in VIDEO_INPUTS))
         super().__init__(table, sampler.batch_size, names)
         self.sampler = sampler
 
     def __call__(self, sample_info):
         d = self.sampler.draw(self.sample_number(sample_info))
-        window = self.decode.train_arrays(self.reader, d.row, d.start, self.sampler.span, self.sampler.stride,
-                                          self.sampler.clip_len)
+        window = self.decode.train_arrays(self.reader, d, self.sampler)
         return in_order(self.names, **window, label=np.array(d.label, np.int32),
                         start=np.array(d.start, np.int32), crop=np.array([d.crop_x, d.crop_y], np.int32),
                         flip=np.array(d.flip, np.int32), row=np.array(d.row, np.int64),

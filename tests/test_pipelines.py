@@ -258,8 +258,10 @@ def test_restored_loader_continues_the_same_stream(shard_sets):
         make_train_loader(cfg.model_copy(update={"seed": 4}), 0, 1, 0, "cpu").load_state_dict(state)
 
 
-def test_resize_short_changes_the_frame_before_the_crop(shard_sets):
-    cfg = TrainDataConfig(shards=str(shard_sets["train"]), batch_size=4, resize_short=112,
+@pytest.mark.parametrize("layout", ["train", "train_jpeg"])
+def test_resize_short_changes_the_frame_before_the_crop(shard_sets, layout):
+    """(On JPEG frames the resize path decodes whole frames: the crop comes after the resize.)"""
+    cfg = TrainDataConfig(shards=str(shard_sets[layout]), batch_size=4, resize_short=112,
                           epoch_clips=8, py_workers=0, standardization="mean_std")
     batch = next(iter(make_train_loader(cfg, 0, 1, 0, "cpu")))
     assert batch["clips"].shape == (4, 3, 16, 112, 112)
