@@ -123,16 +123,20 @@ class _Loader:
             # Forks the workers now, while CUDA is (should be) still untouched.
             pipe.start_py_workers()
 
-    def _next(self) -> dict[str, torch.Tensor]:
+    def _raw_next(self) -> dict[str, torch.Tensor]:
+        """DALI's next batch as the iterator gives it; a decoder's error names the samples."""
         try:
             if self._iter is None:
                 # Building runs the first batches (prefetch), so the offset must be final by now.
                 self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
-            batch = next(self._iter)[0]
+            return next(self._iter)[0]
         except RuntimeError as e:
             if "decoders" not in str(e):
                 raise
             raise ShardError(self._decode_failure(str(e))) from e
+
+    def _next(self) -> dict[str, torch.Tensor]:
+        batch = self._raw_next()
         out = {k: to_device(v, self.device) for k, v in batch.items()}
         out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
         if self.device.type == "cuda":
@@ -364,15 +368,12 @@ class JpegFramesEvalLoader(EvalLoader):
         return [(int(r), None, None) for r in dict.fromkeys(rows.tolist())]
 
     def _frames(self):
-        """(uint8 frames (n, C, H, W), scale, shift) of one DALI batch, in stream order."""
-        try:
-            if self._iter is None:
-                self._iter = DALIGenericIterator(self.pipe, list(self.names), size=-1, auto_reset=False)
-            out = next(self._iter)[0]
-        except RuntimeError as e:
-            if "decoders" not in str(e):
-                raise
-            raise ShardError(self._decode_failure(str(e))) from e
+        """(uint8 frames (n, C, H, W), scale, shift) of one DALI batch, in stream order. Frames are
+        kept across DALI's next runs (a video's may span batches), so GPU outputs, views of DALI's
+        buffers, are copied out of them."""
+        out = self._raw_next()
+        if self.device.type == "cuda":
+            out = {k: v.clone() if v.is_cuda else v for k, v in out.items()}
         self._consumed += 1
         k = out["k"].view(-1).cpu()
         start = (self._consumed - 1) * self.stream.batch % self.stream.padded

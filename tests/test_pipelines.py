@@ -77,6 +77,18 @@ def standardize(x: np.ndarray, how: str) -> np.ndarray:
     return (x - np.array(KINETICS_MEAN)) / np.array(KINETICS_STD)
 
 
+def assert_train_clip(d: dict, b: int, ref: np.ndarray, clip_len: int, stride: int, standardization: str) -> None:
+    """Clip b of a train dump equals the reference frames' window (edge-padded), crop, flip and
+    standardization, restated in numpy."""
+    idx = np.minimum(d["start"][b] + np.arange(clip_len) * stride, len(ref) - 1)  # edge padding
+    x, y = int(d["crop_x"][b]), int(d["crop_y"][b])
+    clip = ref[idx, y:y + 112, x:x + 112]
+    if d["flip"][b]:
+        clip = clip[:, :, ::-1]
+    expected = standardize(clip, standardization).transpose(3, 0, 1, 2)  # (T,H,W,C) -> (C,T,H,W)
+    np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
+
+
 def run_dump(tmp_path, shards, split, *extra) -> dict[str, np.ndarray]:
     out = tmp_path / f"{split}.npz"
     assert dump_cli.main(["--shards", str(shards), "--split", split, "--out", str(out), *extra]) == 0
@@ -101,14 +113,7 @@ def test_train_dump_matches_pyav(shard_sets, tmp_path, layout, standardization, 
     assert list(d["keys"]) == [str(k) for k in table.columns["keys"][d["index"]]]
     assert np.array_equal(d["labels"], table.columns["labels"][d["index"]])
     for b in range(len(d["clips"])):
-        ref = reference_frames(table, int(d["index"][b]))
-        idx = np.minimum(d["start"][b] + np.arange(clip_len) * stride, len(ref) - 1)  # edge padding
-        x, y = int(d["crop_x"][b]), int(d["crop_y"][b])
-        clip = ref[idx, y:y + 112, x:x + 112]
-        if d["flip"][b]:
-            clip = clip[:, :, ::-1]
-        expected = standardize(clip, standardization).transpose(3, 0, 1, 2)  # (T,H,W,C) -> (C,T,H,W)
-        np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
+        assert_train_clip(d, b, reference_frames(table, int(d["index"][b])), clip_len, stride, standardization)
 
 
 def jpeg_reference_frames(table, row: int) -> np.ndarray:
@@ -139,13 +144,7 @@ def test_train_dump_on_jpeg_frames_matches_pillow(shard_sets, tmp_path, standard
     for b in range(len(d["clips"])):
         ref = jpeg_reference_frames(table, int(d["index"][b]))
         assert len(ref) == table.columns["num_frames"][d["index"][b]]
-        idx = np.minimum(d["start"][b] + np.arange(clip_len) * stride, len(ref) - 1)  # edge padding
-        x, y = int(d["crop_x"][b]), int(d["crop_y"][b])
-        clip = ref[idx, y:y + 112, x:x + 112]
-        if d["flip"][b]:
-            clip = clip[:, :, ::-1]
-        expected = standardize(clip, standardization).transpose(3, 0, 1, 2)  # (T,H,W,C) -> (C,T,H,W)
-        np.testing.assert_array_less(np.abs(d["clips"][b] - expected).max(), 1e-4)
+        assert_train_clip(d, b, ref, clip_len, stride, standardization)
 
 
 @pytest.mark.parametrize("standardization", ["per_frame", "mean_std"])
