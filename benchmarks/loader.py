@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.baselines import (CLIP_LEN, CROP, JPEG_PEERS, PEERS, TORCHCODEC_DEFAULT, batches_peer, keep,
-                                  peer_unavailable)
+                                  peer_unavailable, window_jpegs)
 from benchmarks.measure import ResourceMonitor, exit_now, machine_info  # exit_now: benchmarks.train uses it
 
 LOADERS = ("dali", "dataloader_decord", "dataloader_pyav", "dataloader_torchcodec", "spdl", "dali_whole_video",
@@ -283,13 +283,6 @@ def _ceiling_pyav(cfg: dict, datas: list[bytes], mon: ResourceMonitor) -> tuple[
         return frames / wall, (mon.cpu_seconds() - cpu0) / wall
 
 
-def _all_jpegs(table, reader, row: int) -> list[bytes]:
-    c = table.cut(row, 0, int(table.columns["num_frames"][row]))
-    data = reader.read(row, c.begin, c.end)
-    b = table.format.frame_bounds(table, row, c)
-    return [data[b[i]:b[i + 1]] for i in range(c.num_frames)]
-
-
 def run_ceiling(cfg: dict) -> dict:
     """Full-decode frames/s of the benchmark's samples (DALI CPU and PyAV), bytes preloaded."""
     from sharding.reader import load_shards
@@ -305,7 +298,8 @@ def run_ceiling(cfg: dict) -> dict:
             from sharding.reader import SampleReader
 
             reader = SampleReader(table)
-            frames = [np.frombuffer(j, np.uint8) for r in rows for j in _all_jpegs(table, reader, r)]
+            frames = [np.frombuffer(j, np.uint8) for r in rows
+                      for j in window_jpegs(table, reader, r, 0, int(table.columns["num_frames"][r]))]
             out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali_jpeg(cfg, frames, mon)
         else:
             out["dali_cpu_fps"], out["dali_cpu_cpu_cores"] = _ceiling_dali(

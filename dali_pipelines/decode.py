@@ -145,11 +145,9 @@ class FrameSource:
     def __call__(self, sample_info):
         k = self.base.sample_number(sample_info) % self.stream.padded
         k = min(k, len(self.stream.row) - 1)  # the tail of the last batch repeats the last frame
-        row, f = int(self.stream.row[k]), int(self.stream.frame[k])
-        lo, nf = int(self.table.fo_ptr[row]), int(self.table.columns["num_frames"][row])
-        begin = int(self.table.fo_offsets[lo + f])
-        end = int(self.table.fo_offsets[lo + f + 1]) if f + 1 < nf else int(self.table.columns["size"][row])
-        return in_order(self.names, encoded=np.frombuffer(self.reader.read(row, begin, end), np.uint8),
+        row = int(self.stream.row[k])
+        c = self.table.cut(row, int(self.stream.frame[k]), 1)  # exactly that frame's JPEG
+        return in_order(self.names, encoded=np.frombuffer(self.reader.read(row, c.begin, c.end), np.uint8),
                         crop=self.stream.crop[k], k=np.array(k, np.int64), size=self.stream.size[k])
 
 

@@ -34,7 +34,7 @@ from sharding import __version__
 from sharding.class_names import class_text, read_class_list
 from sharding.encode import CODECS, CONTAINERS, default_container
 from sharding.faults import fault_point
-from sharding.formats import StorageFormat, format_named, format_of
+from sharding.formats import ARRAY_PREFIXES, StorageFormat, format_named, format_of
 from sharding.layouts import LayoutError, Listing, VideoItem, list_inputs
 from sharding.media import Media, media_for, process_item
 from sharding.outdir import BuildError, check_finished, lock_out, prepare_out, remove_temp_files
@@ -305,7 +305,7 @@ def _read_state(path: Path) -> dict | None:
 def _stored_samples(out: Path, state: dict, fmt: StorageFormat) -> dict[str, list]:
     """The samples a finished shard holds, by video id: (key, ext, bytes, meta) as written."""
     tar, columns = read_shard_table(out, state["shard"], fmt)
-    columns = {k: v for k, v in columns.items() if not k.startswith(("kf_", "fo_"))}
+    columns = {k: v for k, v in columns.items() if not k.startswith(ARRAY_PREFIXES)}
     table = ShardTable.from_columns(columns, {}, out, [tar])
     lines = (out / state["shard"]["index"]).read_text().splitlines()[1:]
     stored: dict[str, list] = {}

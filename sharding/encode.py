@@ -468,9 +468,8 @@ class JpegFramesEncoder:
     `StreamEncoder`."""
 
     def __init__(self, width: int, height: int, quality: int = 90):
-        self.width, self.height, self.quality = width, height, quality
+        self.quality = quality  # (the frames carry their size)
         self.parts: list[bytes] = []
-        self.frames = 0
 
     def add(self, planes: np.ndarray) -> None:
         from PIL import Image
@@ -480,7 +479,6 @@ class JpegFramesEncoder:
         Image.fromarray(rgb).save(buf, "JPEG", quality=self.quality, subsampling=2, optimize=False,
                                   progressive=False)  # 2 = 4:2:0, the decoders' fast path
         self.parts.append(buf.getvalue())
-        self.frames += 1
 
     def finish(self) -> bytes:
         if not self.parts:

@@ -48,6 +48,7 @@ class StorageFormat:
     name = ""                      # encoding["container"] in the manifest
     ext = ""                       # the sample member's extension
     list_columns: tuple[str, ...] = ()  # per-sample list columns of .samples.json
+    arrays = ""                    # the prefix of the ShardTable CSR arrays `read_lists` makes
     cuts = False                   # a window reads part of a member (`cut`), not all of it
 
     def build_defaults(self, args) -> None:
@@ -107,6 +108,7 @@ class Ivf(StorageFormat):
 
     name = ext = "ivf"
     list_columns = ("keyframes", "keyframe_offsets")
+    arrays = "kf_"
     cuts = True
 
     def build_defaults(self, args) -> None:
@@ -178,6 +180,7 @@ class JpegFrames(StorageFormat):
 
     name, ext = "jpeg_frames", "jpgs"
     list_columns = ("frame_offsets",)
+    arrays = "fo_"
     cuts = True
 
     def build_defaults(self, args) -> None:
@@ -249,6 +252,10 @@ def jpeg_frame_offsets(data: bytes) -> list[int]:
 
 
 FORMATS = {f.name: f for f in (Ivf(), WholeVideo("webm"), WholeVideo("mp4"), StillImage(), JpegFrames())}
+# every format's per-sample list columns (the builder writes those a sample carries), and the
+# prefixes of the CSR arrays they become in a ShardTable's columns
+LIST_COLUMNS = tuple(c for f in FORMATS.values() for c in f.list_columns)
+ARRAY_PREFIXES = tuple(f.arrays for f in FORMATS.values() if f.arrays)
 
 
 def format_named(name: str) -> StorageFormat:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sharding.faults import fault_point
+from sharding.formats import LIST_COLUMNS  # per-sample lists where a format's samples carry them
 
 FORMAT_VERSION = 1  # `format_version` of `_info.json`; readers refuse any other
 MEMBER_ORDER = ("json", "cls", "label", "frames")  # after the video member
@@ -30,11 +31,6 @@ STR_COLUMNS = ("keys", "video_ids")
 TABLE_COLUMNS = ("keys", "video_ids", "labels", "num_frames", "video_num_frames", "first_frame",
                  "segment", "own_start", "own_count", "width", "height", "offset", "size")
 assert sorted(TABLE_COLUMNS) == sorted(INT_COLUMNS + STR_COLUMNS)
-# ivf samples only: per sample, the keyframes' frame indices and record byte offsets in the member
-KEYFRAME_COLUMNS = ("keyframes", "keyframe_offsets")
-# per-sample list columns written where a format's samples carry them (sharding.formats: ivf's
-# keyframes, jpeg_frames' frame_offsets)
-LIST_COLUMNS = KEYFRAME_COLUMNS + ("frame_offsets",)
 
 
 def sample_members(key: str, ext: str, video: bytes, meta: dict) -> list[tuple[str, bytes]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sharding.formats import FormatError, StorageFormat, format_named, format_of
+from sharding.formats import ARRAY_PREFIXES, FormatError, StorageFormat, format_named, format_of
 from sharding.reader import SampleReader, ShardError, ShardTable, load_shards, read_shard_table
 from sharding.shardio import MEMBER_ORDER, sha256_file
 
@@ -73,7 +73,7 @@ def verify_shard(root: Path, entry: dict, ext: str, decode: bool = True, info: d
     if sha256_file(tar_path) != entry["sha256"]:
         problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted or replaced); "
                         "re-run the build command with --verify-existing to rebuild it")
-    lists = {k: columns.pop(k) for k in list(columns) if k.startswith(("kf_", "fo_"))}  # the format's CSR arrays
+    lists = {k: columns.pop(k) for k in list(columns) if k.startswith(ARRAY_PREFIXES)}  # the format's CSR arrays
     table = ShardTable.from_columns(columns, info or {"encoding": {"ext": ext}}, root, [tar])
     keys = table.columns["keys"].tolist()
     try:
