@@ -11,6 +11,10 @@ an exact point of the build's progress whatever the machine's speed:
     pause:table:2       ... after its index and table, before its state file (_parts/NAME.json)
     pause:state:2       ... after its state file
     pause:manifest:0    ... after every shard, before _info.json
+    pause:table_cache:write   a reader building a set's table cache stops with its arrays written,
+                        before the cache is complete (sharding/nodecache.py)
+    pause:sha256:PATH   a reader verifying sha256 stops before hashing the tar PATH (as the manifest
+                        names it), holding the set's lock
 
 A paused process prints `fault: paused at POINT WHICH (pid PID)` on stderr and sleeps until it
 is killed: the test waits for that line, then kills whom it chooses. Unset (always, outside the

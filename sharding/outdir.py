@@ -17,10 +17,12 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
 from sharding.encode import CODECS
+from sharding.nodecache import SHA256_CACHE, TABLE_CACHE
 from sharding.shardio import atomic_write_json, sha256_file
 
 LOCK_NAME = "_lock"
@@ -64,7 +66,7 @@ def lock_out(out: Path) -> tuple[int, bool]:
 def listed_files(out: Path) -> list[Path]:
     """Every file an existing build in `out` wrote, by its own records: the manifest, the identity,
     the per-shard state files and the shards they list, and this builder's temp files."""
-    files = [out / "_info.json", out / "_sha256_cache.json"]
+    files = [out / "_info.json", out / SHA256_CACHE]
     parts = out / "_parts"
     if parts.is_dir():
         for state_file in sorted(parts.glob("*.json")):
@@ -131,6 +133,10 @@ def prepare_out(out: Path, identity: dict, overwrite: bool) -> None:
                              "even with --overwrite: choose an empty or new folder")
         for p in listed_files(out):
             p.unlink()
+        # the readers' node caches of the old build (sharding/nodecache.py; keyed, so never read
+        # stale, but no longer of use)
+        shutil.rmtree(out / TABLE_CACHE, ignore_errors=True)
+        (out / f"{SHA256_CACHE}.lock").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(build_file, identity)  # first: from here on the folder is known to be ours
     (out / "_parts").mkdir(exist_ok=True)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sharding.formats import Cut, FormatError, StorageFormat, format_of
+from sharding import nodecache
+from sharding.nodecache import SHA256_CACHE  # noqa: F401 (the name callers know)
+from sharding.formats import ARRAY_PREFIXES, Cut, FormatError, StorageFormat, format_of
 from sharding.shardio import FORMAT_VERSION, INT_COLUMNS, STR_COLUMNS, atomic_write_json, sha256_file
 
 _REBUILD = ("re-run `python -m sharding.build` with the same arguments (it resumes, and rebuilds "
@@ -249,8 +251,12 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
         path: a shard directory or its `_info.json`.
         split: 'train' or 'eval' to require that split; None accepts either.
         verify: 'size' checks each tar's size; 'sha256' also its sha256 against the manifest,
-            computed once per (path, size, mtime) and cached in `SHA256_CACHE` beside the shards, so
-            a second start costs one stat per shard (`check_sha256`).
+            computed once per node and (path, size, mtime), cached beside the shards or in the
+            cache dir, so a second start costs one stat per shard (`check_sha256`).
+
+    The merged sample table is built once per node and memory-mapped by every process
+    (`sharding.nodecache.cached_table`): the first start parses the tables, later ones map the
+    cache (string columns as `nodecache.StrColumn`, integer columns int32 where they fit).
 
     Returns:
         The validated `ShardTable`.
@@ -270,7 +276,11 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
         raise _fail(info_path, "missing (no shard set here, or its build never finished: the "
                     "manifest is written last)",
                     "point `shards` at the build's output directory, or " + _REBUILD)
-    info = _load_json(info_path)
+    try:
+        info_bytes = info_path.read_bytes()
+        info = json.loads(info_bytes)
+    except (OSError, ValueError) as e:
+        raise _fail(info_path, f"unreadable ({e})") from e
     root = info_path.parent
     if info.get("format_version") != FORMAT_VERSION:
         raise _fail(info_path, f"format_version {info.get('format_version')!r}, this reader knows "
@@ -287,12 +297,37 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
         fmt = format_of(info)
     except FormatError as e:
         raise _fail(info_path, str(e), "rebuild the shards with this version of sharding.build") from None
-    tar_paths, parts = [], []
-    for s_idx, shard in enumerate(shards):
-        tar, part = read_shard_table(root, shard, fmt, s_idx, info_path.name)
-        tar_paths.append(tar)
-        parts.append(part)
+    tar_paths = []
+    for shard in shards:  # a stat per file: the cached table holds the rest of the checks
+        tar = root / shard["path"]
+        try:
+            tar_size = tar.stat().st_size
+        except FileNotFoundError:
+            raise _fail(tar, f"tar shard listed in {info_path.name} is missing") from None
+        if not (root / shard["index"]).is_file():
+            raise _fail(root / shard["index"], f"DALI index listed in {info_path.name} is missing")
+        if tar_size != shard["bytes"]:
+            raise _fail(tar, f"size {tar_size} bytes, the manifest says {shard['bytes']} "
+                        "(truncated or replaced after the build; verify sha256 in _info.json)")
+        tar_paths.append(str(tar.resolve()))
+    key = nodecache.table_key(info_bytes, root, shards)
+    try:
+        arrays = nodecache.cached_table(root, key, lambda: merged_table(root, info, fmt, info_path))
+    except nodecache.CacheWaitTimeout as e:
+        raise ShardError(f"{info_path}: the sample table is being built by another process: {e}") from None
+    if verify == "sha256":
+        check_sha256(root, shards, info_bytes)
+    lists = {k: arrays.pop(k) for k in [k for k in arrays if k.startswith(ARRAY_PREFIXES)]}
+    video_ptr, video_rows = arrays.pop("video_ptr"), arrays.pop("video_rows")
+    return ShardTable(root, info, tar_paths, arrays, video_ptr, video_rows, **lists)
 
+
+def merged_table(root: Path, info: dict, fmt: StorageFormat, info_path: Path) -> dict[str, np.ndarray]:
+    """Every shard's samples table read, checked against the manifest and its files, and merged:
+    the columns, `shard`, the format's CSR lists and the video grouping (`video_ptr`,
+    `video_rows`). What `load_shards` caches once per node (`sharding.nodecache`)."""
+    shards = info["shards"]
+    parts = [read_shard_table(root, shard, fmt, s_idx, info_path.name)[1] for s_idx, shard in enumerate(shards)]
     lists = {}  # the format's per-shard CSR parts -> one CSR over all rows (ptr keys end in _ptr)
     for key in [k for k in parts[0] if k.endswith("_ptr")]:
         counts = np.concatenate([np.diff(p.pop(key)) for p in parts])
@@ -312,52 +347,31 @@ def load_shards(path: str | os.PathLike, split: str | None = None, verify: str =
         raise _fail(info_path, f"shards hold {len(video_ptr) - 1} videos, the manifest says "
                     f"{info.get('num_videos')}")
     _check_ownership(columns, video_ptr, video_rows, int(info["encoding"]["clip_span"]), info_path)
-    if verify == "sha256":
-        check_sha256(root, shards)
-    return ShardTable(root, info, tar_paths, columns, video_ptr, video_rows, **lists)
+    return {**columns, **lists, "video_ptr": video_ptr, "video_rows": video_rows}
 
 
-SHA256_CACHE = "_sha256_cache.json"
-
-
-def check_sha256(root: Path, shards: list[dict]) -> None:
-    """Compare every shard's sha256 with the manifest's, hashing only tars whose (path, size,
-    mtime) is not in the cache file `root/SHA256_CACHE` (rewritten when something was hashed; a
-    read-only folder just goes uncached).
+def check_sha256(root: Path, shards: list[dict], info_bytes: bytes | None = None) -> None:
+    """Compare every shard's sha256 with the manifest's. Each tar is hashed once per node: by the
+    one process holding the set's lock, the others wait and read its cache (`SHA256_CACHE` beside
+    the shards, or in the cache dir for a read-only folder: `sharding.nodecache.verified_sha256`);
+    a later start hashes only tars whose (size, mtime) changed.
 
     Raises:
-        ShardError: naming the first tar whose bytes differ from the build's.
+        ShardError: naming the first tar whose bytes differ from the build's, or the tar another
+            process was still hashing when the wait ran out.
     """
-    cache_path = root / SHA256_CACHE
+    if info_bytes is None:
+        info_bytes = (root / "_info.json").read_bytes()
+    cache_path = nodecache.sha256_cache_path(root, info_bytes)
     try:
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}  # a damaged cache is only a slower start
-    changed = False
+        digests = nodecache.verified_sha256(root, shards, cache_path, sha256_file, atomic_write_json)
+    except nodecache.CacheWaitTimeout as e:
+        raise ShardError(f"{root}: verify sha256: {e}") from None
     for shard in shards:
-        tar = root / shard["path"]
-        st = tar.stat()
-        key, stamp = shard["path"], [st.st_size, st.st_mtime_ns]
-        hit = cache.get(key)
-        if not hit or hit.get("stamp") != stamp:
-            hit = cache[key] = {"stamp": stamp, "sha256": sha256_file(tar)}
-            changed = True
-        if hit["sha256"] != shard["sha256"]:
-            if changed:
-                _save_cache(cache_path, cache)
-            raise _fail(tar, "sha256 differs from the manifest's (the bytes changed after the build: "
-                        "a bad disk or copy)", "re-run `python -m sharding.build` with the same arguments "
-                        "and --verify-existing (it rebuilds shards whose sha256 differs), or copy the "
-                        "shard again")
-    if changed:
-        _save_cache(cache_path, cache)
-
-
-def _save_cache(path: Path, cache: dict) -> None:
-    try:
-        atomic_write_json(path, cache)
-    except OSError:
-        pass  # read-only shard folder: verified, just not cached
+        if digests[shard["path"]] != shard["sha256"]:
+            raise _fail(root / shard["path"], "sha256 differs from the manifest's (the bytes changed after the "
+                        "build: a bad disk or copy)", "re-run `python -m sharding.build` with the same arguments "
+                        "and --verify-existing (it rebuilds shards whose sha256 differs), or copy the shard again")
 
 
 def read_shard_table(root: Path, shard: dict, fmt: StorageFormat, shard_index: int = 0,

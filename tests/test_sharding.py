@@ -346,8 +346,13 @@ def test_out_with_other_build_refused_unless_overwrite(eval_build, video_tree, t
     assert old.pop("container") == "webm"
     build_json.write_text(json.dumps(old))
     assert build(*args) == 0 and "resuming" in capsys.readouterr().err
+    from sharding.reader import load_shards
+
+    load_shards(out, verify="sha256")  # the readers' node caches: gone with the build they describe
+    assert (out / "_table_cache").is_dir() and (out / "_sha256_cache.json").is_file()
     assert build(*args, "--short-side", "144", "--overwrite") == 0
     assert json.loads((out / "_info.json").read_text())["encoding"]["short_side"] == 144
+    assert not (out / "_table_cache").exists() and not (out / "_sha256_cache.json").exists()
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "thesis.pdf").write_text("precious")
