@@ -236,3 +236,31 @@ def test_clear_errors_before_step_one(shards, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "trainer" / "main.py"), str(typo)],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "optim.lr_milstones: unknown key" in r.stdout + r.stderr
+
+
+def test_two_ranks_train_from_urls_with_a_stage_dir(shards, tmp_path):
+    """data.train.shards and a test set as http:// URLs (a server on 127.0.0.1) with data.stage_dir:
+    the node's ranks stage each set once (one GET per file over two ranks), train and evaluate from
+    the local copies; a second run re-checks them without fetching a tar again. A URL without a stage
+    dir is a config error naming the field."""
+    from tests.test_stage import http_server
+
+    with http_server(shards) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        over = {"data.train.shards": f"{url}/shards_train", "eval.sets": [{"name": "unseen", "shards": f"{url}/shards_test/"}],
+                "optim.epochs": 1}
+        r = subprocess.run([sys.executable, str(REPO / "trainer" / "main.py"), str(make_config(shards, tmp_path / "n", **over))],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and "data.train.shards" in r.stdout + r.stderr and "data.stage_dir" in r.stdout + r.stderr
+        stage_dir = tmp_path / "stage"
+        r = torchrun(make_config(shards, tmp_path / "a", **over, **{"data.stage_dir": str(stage_dir)}))
+        assert r.returncode == 0, r.stderr[-3000:]
+        tars = [g for g in server.gets if g.endswith(".tar")]
+        assert sorted(tars) == sorted(set(tars)) and len(tars) == len(list(shards.glob("shards_t*/*.tar")))
+        staged = sorted(p.name.rsplit("-", 1)[0] for p in stage_dir.iterdir() if p.is_dir())
+        assert staged == ["shards_test", "shards_train"]
+        assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["data"]["train"]["shards"] == f"{url}/shards_train"
+        server.gets.clear()
+        r = torchrun(make_config(shards, tmp_path / "b", **over, **{"data.stage_dir": str(stage_dir)}))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not [g for g in server.gets if g.endswith(".tar")]

@@ -31,6 +31,7 @@ class RunConfig(Section):
 class DataConfig(Section):
     train: TrainDataConfig  # its batch_size is derived: global_batch / world_size (do not set it)
     global_batch: int = Field(88, gt=0)  # clips per optimizer step over all ranks
+    stage_dir: str | None = None  # a node-local folder: shard sets given as URLs (s3://, gs://, http(s)://) are copied there (sharding.stage) by each node's first rank, then read locally
 
     @model_validator(mode="after")
     def _batch_is_derived(self):
@@ -140,6 +141,17 @@ class TrainConfig(Section):
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
+    @model_validator(mode="after")
+    def _urls_need_a_stage_dir(self):
+        from sharding.stage import is_url
+
+        urls = [f"data.train.shards ({self.data.train.shards})"] if is_url(self.data.train.shards) else []
+        urls += [f"eval.sets[{i}].shards ({ts.shards})" for i, ts in enumerate(self.eval.sets) if is_url(ts.shards)]
+        if urls and not self.data.stage_dir:
+            raise ValueError(f"{', '.join(urls)} is a URL: set data.stage_dir to a local folder to stage it into "
+                             "(or copy it yourself with `python -m sharding.stage URL DIR` and give DIR)")
+        return self
+
 
 class ConfigError(ValueError):
     """A config that does not validate; the message names the file, the field and what is allowed."""
@@ -211,6 +223,7 @@ def load_config(source: str | Path | dict, overrides: list[str] = (), name: str 
 # how the run is observed or fed, not what it computes ("eval.*": every key under eval).
 RESUME_MAY_CHANGE = ("run.out_dir", "run.resume", "run.log_every", "run.threads", "run.sample_log", "eval.*",
                      "data.train.num_threads", "data.train.prefetch", "data.train.py_workers", "data.train.verify",
+                     "data.stage_dir",
                      "embeddings.cache",
                      "checkpoint.every_steps", "checkpoint.keep_last")
 

@@ -32,6 +32,7 @@ from trainer.distributed import (all_gather_objects, broadcast_object, device_na
 from trainer.embeddings import embeddings_for
 from trainer.faults import Signals, TrainingError, inject, run_cli
 from trainer.model import autocast_dtype, build_model
+from trainer.staging import local_config
 
 
 def topk_accuracy(pred: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, ks=(1, 5)) -> dict[str, float]:
@@ -345,7 +346,8 @@ def run_eval(config: str, overrides: list[str], checkpoint: str | None = None) -
     np.random.seed(cfg.run.seed + rank)
     Signals().install()  # before the loaders fork; any signal interrupts at once
     dev_str = device_name(local_rank)  # counts GPUs through NVML: CUDA stays uninitialised for the fork
-    test_loaders = make_test_loaders(cfg, [cfg.eval.clips], rank, world_size, local_rank, dev_str)
+    local = local_config(cfg, local_rank, train=False)  # URL test sets: staged (trainer/staging.py)
+    test_loaders = make_test_loaders(local, [cfg.eval.clips], rank, world_size, local_rank, dev_str)
     device = pick_device(local_rank)
     init_process_group(device, world_size)
 

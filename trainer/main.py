@@ -36,6 +36,7 @@ from trainer.evaluate import main as evaluate_main
 from trainer.faults import Signals, TrainingError, inject, run_cli
 from trainer.model import autocast_dtype, build_model
 from trainer.runlog import StepLog, open_run_dir
+from trainer.staging import local_config
 
 
 def set_determinism(enabled: bool) -> None:
@@ -133,10 +134,11 @@ def run(config_path: str, overrides: list[str]) -> int:
 
     # ---------------------------------------------------------------- loaders (before CUDA: they fork)
     dev_str = device_name(local_rank)  # counts GPUs through NVML: CUDA stays uninitialised for the fork
-    train_loader = make_train_loader(cfg.data.train.model_copy(update={"batch_size": per_rank}), rank, world_size,
+    local = local_config(cfg, local_rank)  # URL shard sets: staged to data.stage_dir (trainer/staging.py)
+    train_loader = make_train_loader(local.data.train.model_copy(update={"batch_size": per_rank}), rank, world_size,
                                      local_rank, dev_str)
     clip_counts = sorted({cfg.eval.clips, cfg.eval.quick_clips})
-    test_loaders = make_test_loaders(cfg, clip_counts, rank, world_size, local_rank, dev_str)
+    test_loaders = make_test_loaders(local, clip_counts, rank, world_size, local_rank, dev_str)
     device = pick_device(local_rank)
     init_process_group(device, world_size)
 
