@@ -1,15 +1,18 @@
 """The one place where a shard set's storage format (`sharding.formats`) changes the DALI graphs:
-what a training source returns for a window and how the graph turns it into frames. Everything
-after the frames (resize, crop, flip, layout, standardization) is the same for every format.
+what a training source returns for a window and how the graph turns it into frames. What follows
+the frames (resize, crop, flip, layout, standardization) is the same for every format, with one
+exception: a jpeg_frames training graph without an in-graph resize stops at the decoded crops, and
+the loader applies the same flip, layout and standardization in torch (`frames_to_clips`), because
+DALI's CPU tail (stack, crop_mirror_normalize, reductions) cost more per clip than decoding the
+JPEGs (benchmarks/RESULTS.md); the exactness tests hold both paths to the same reference.
 
 - Video formats (ivf, webm, mp4): the window's encoded bytes (an ivf member cut at the keyframes
   around it, or a whole member) and the window's first frame in them; DALI's video decoder
   (`graphs.decode_video`: libavcodec on the CPU, NVDEC with `device="mixed"`).
 - `jpeg_frames`: the window's frames as separate JPEGs (one contiguous read of the member, split
   at the table's frame offsets); each frame through DALI's image decoder (libjpeg-turbo on the CPU;
-  nvJPEG, and the hardware JPEG decoder where the GPU has one, with `device="mixed"`), then
-  stacked into a sequence. Exactly the clip's frames are decoded, at any stride, and without an
-  in-graph resize only inside the crop.
+  nvJPEG, and the hardware JPEG decoder where the GPU has one, with `device="mixed"`). Exactly
+  the clip's frames are decoded, at any stride, and without an in-graph resize only inside the crop.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines.graphs import augment, decode_video, in_order, source_node
+from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD, augment, decode_video, in_order, source_node
 from sharding.formats import JpegFrames
 from sharding.reader import SampleReader, ShardTable
 
@@ -31,6 +34,10 @@ class VideoDecode:
         """The source outputs this step needs, in the order the source returns them (`resize`: the
         graph resizes before its crop)."""
         return VIDEO_INPUTS
+
+    def torch_tail(self, resize: bool) -> bool:
+        """Whether the graph stops at decoded crops for the loader's torch tail: never here."""
+        return False
 
     def train_arrays(self, reader: SampleReader, d, sampler) -> dict[str, np.ndarray]:
         """The arrays of draw `d` (`sampler.TrainDraw` of `sampler`): encoded (nbytes,) uint8, what
@@ -46,7 +53,14 @@ class VideoDecode:
 
 
 class JpegFramesDecode:
-    """A window of a `jpeg_frames` member: its T frames, each decoded by DALI's image decoder."""
+    """A window of a `jpeg_frames` member: its T frames, each decoded by DALI's image decoder.
+
+    Without an in-graph resize the graph stops at the T decoded crops (`train_crops`), and the loader
+    finishes the clip in torch (`frames_to_clips`: stack, flip, layout, per-frame standardization):
+    the same values as the video graphs' DALI tail (`graphs.augment`), which costs more per clip
+    than decoding does here (benchmarks/RESULTS.md). With a resize, whole frames are decoded, stacked
+    and go through `graphs.augment` like a video window (`train_frames`).
+    """
 
     def __init__(self, table: ShardTable):
         self.table = table
@@ -54,6 +68,10 @@ class JpegFramesDecode:
 
     def train_inputs(self, clip_len: int, resize: bool) -> tuple[str, ...]:
         return tuple(f"frame{k}" for k in range(clip_len)) + (() if resize else ("crop_pos",))
+
+    def torch_tail(self, resize: bool) -> bool:
+        """Whether the graph returns the decoded crops (`crop_outputs`) for `frames_to_clips`."""
+        return not resize
 
     def train_arrays(self, reader, d, sampler):
         """frame0 .. frame{T-1}: (nbytes,) uint8 JPEGs of frames start, start + stride, ...; past
@@ -68,22 +86,77 @@ class JpegFramesDecode:
         out["crop_pos"] = np.array([d.crop_x / w, d.crop_y / h], np.float32)
         return out
 
+    @staticmethod
+    def _backend(device: str, decode_device: str) -> str:
+        return "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
+
+    def train_crops(self, x, device, decode_device, clip_len, crop):
+        """The window's T crops, each (crop, crop, C) uint8 RGB on `device`: every frame decoded only
+        inside the crop (`fn.decoders.image_crop`: the same pixels as a full decode and crop, tested,
+        for ~40% less decoding)."""
+        backend = self._backend(device, decode_device)
+        pos = x["crop_pos"]
+        crops = [fn.decoders.image_crop(x[f"frame{k}"], device=backend, output_type=types.RGB, crop=[crop, crop],
+                                        crop_pos_x=pos[0], crop_pos_y=pos[1]) for k in range(clip_len)]
+        return [c.gpu() for c in crops] if device == "gpu" and backend == "cpu" else crops
+
     def train_frames(self, x, device, decode_device, clip_len, stride, crop):
-        """Without an in-graph resize each frame is decoded only inside the crop
-        (`fn.decoders.image_crop`: the same pixels as a full decode and crop, tested, for ~40% less
-        decoding); with one, whole frames (the crop comes after the resize)."""
-        backend = "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
-        if "size" in x:
-            frames = [fn.decoders.image(x[f"frame{k}"], device=backend, output_type=types.RGB)
-                      for k in range(clip_len)]
-            crop_xy = x["crop"]
-        else:
-            pos = x["crop_pos"]
-            frames = [fn.decoders.image_crop(x[f"frame{k}"], device=backend, output_type=types.RGB, crop=[crop, crop],
-                                             crop_pos_x=pos[0], crop_pos_y=pos[1]) for k in range(clip_len)]
-            crop_xy = fn.constant(idata=[0, 0], shape=[2], dtype=types.INT32)  # already cropped
+        """With an in-graph resize: whole frames (the crop comes after the resize), stacked into
+        (T, H, W, C) on `device`, and the draw's crop position."""
+        backend = self._backend(device, decode_device)
+        frames = [fn.decoders.image(x[f"frame{k}"], device=backend, output_type=types.RGB) for k in range(clip_len)]
         seq = fn.stack(*frames, axis=0, axis_name="F")  # (T, H, W, C)
-        return (seq.gpu() if device == "gpu" and backend == "cpu" else seq), crop_xy
+        return (seq.gpu() if device == "gpu" and backend == "cpu" else seq), x["crop"]
+
+
+def crop_outputs(clip_len: int) -> tuple[str, ...]:
+    """The decoded-crop outputs of a graph that leaves the clip to `frames_to_clips`."""
+    return tuple(f"decoded{k}" for k in range(clip_len))
+
+
+def frames_to_clips(frames: list, flip, standardization: str):
+    """The torch tail of a jpeg_frames training batch: T tensors (B, H, W, C) uint8 (the decoded
+    crops) -> float32 clips (B, C, T, H, W), mirrored where `flip` (B,) is set and standardized as
+    `graphs.augment` defines it ('per_frame': per frame, over its C*H*W values, population std,
+    floor 1/sqrt(C*H*W) on x / 255; 'mean_std': Kinetics mean/std per channel).
+
+    'per_frame' takes the statistics about each frame's integer centre c (its mean, rounded; exact
+    integer sums): the float clip holds x - c, its sum is exact in float32 and its sum of squares
+    is ~n * var, so float32 rounding stays relative to the variance, not to the mean's square (the
+    one-pass E[x^2] - mean^2 would lose a near-flat bright frame's variance).
+    """
+    import torch
+
+    x = torch.stack(frames, 1)  # (B, T, H, W, C) uint8
+    for b in torch.nonzero(flip.reshape(-1)).reshape(-1).tolist():
+        x[b] = x[b].flip(2)  # mirror W (one copy per flipped clip; masked indexing copies 3x)
+    B, T, H, W, C = x.shape
+    n = C * H * W
+    out = torch.empty((B, C, T, H, W), dtype=torch.float32, device=x.device)
+    if standardization == "per_frame":
+        # exact integer sums (< 2**24 for a 112 crop, so float32 is exact too): numpy's uint8 ->
+        # uint32 sum on the CPU (torch's integer sums of uint8 are 5-40x slower), torch's elsewhere
+        if x.is_cuda or 255 * n >= 1 << 32:
+            total = x.reshape(B, T, n).sum(-1, dtype=torch.float64)
+        else:
+            total = torch.from_numpy(x.numpy().reshape(B, T, n).sum(-1, dtype=np.uint32).astype(np.float64))
+        centre = torch.floor(total / n + 0.5)  # (B, T) the mean, rounded
+        out.copy_(x.permute(0, 4, 1, 2, 3)).sub_(centre.float().view(B, 1, T, 1, 1))  # layout, float, centre
+        d = total / n - centre  # mean - centre, in [-0.5, 0.5]
+        v = out.view(B * C * T, 1, H * W)
+        sq = torch.bmm(v, v.transpose(1, 2)).view(B, C, T).double().sum(1)  # sum of (x - c)^2 per frame
+        std = (sq / n - d * d).clamp_(min=0).sqrt_()
+        scale = 1.0 / torch.clamp(std, min=255.0 / n ** 0.5)  # (x - m) / max(s, 255 / sqrt(n))
+        shift = -d * scale  # out holds x - c: (x - m) * scale = out * scale - (m - c) * scale
+        scale, shift = (t.float().view(B, 1, T, 1, 1) for t in (scale, shift))
+    elif standardization == "mean_std":
+        out.copy_(x.permute(0, 4, 1, 2, 3))  # one pass: layout + float
+        std, mean = np.array(KINETICS_STD, np.float64), np.array(KINETICS_MEAN, np.float64)
+        scale = torch.tensor(1.0 / (255.0 * std), dtype=torch.float32, device=out.device).view(1, C, 1, 1, 1)
+        shift = torch.tensor(-mean / std, dtype=torch.float32, device=out.device).view(1, C, 1, 1, 1)
+    else:
+        raise ValueError(f"unknown standardization {standardization!r}")
+    return out.mul_(scale).add_(shift)
 
 
 def decode_for(table: ShardTable) -> VideoDecode | JpegFramesDecode:

@@ -169,11 +169,16 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
         device: "cpu" or "gpu" (every operator after the decoder runs there).
         decode_device: "gpu" (NVDEC) or "cpu" (CPU threads) with device "gpu" (`decode_video`).
 
-    Outputs (`TRAIN_OUTPUTS`): clips (C, T, crop, crop) uint8, scale and shift float32 (`augment`:
+    Outputs (`source.outputs`: `TRAIN_OUTPUTS`, or for a jpeg_frames set without a resize the T
+    decoded crops decoded0.. (crop, crop, C) uint8 in place of clips, scale and shift, finished by
+    `decode.frames_to_clips`): clips (C, T, crop, crop) uint8, scale and shift float32 (`augment`:
     the float clip is clips * scale + shift), label () int32, row () int64, start () int32, crop
     (2,) int32 [x, y], flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
+    if source.outputs != TRAIN_OUTPUTS:  # jpeg_frames without a resize: the loader finishes the clip
+        crops = source.decode.train_crops(x, device, decode_device, clip_len, crop)  # T x (crop, crop, C)
+        return in_order(source.outputs, **dict(zip(source.outputs, crops)), **x)
     # the storage format's step (dali_pipelines/decode.py): video decoder or image decoder
     frames, crop_xy = source.decode.train_frames(x, device, decode_device, clip_len, stride, crop)  # (T, H, W, C)
     clips, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, flip=x["flip"],

@@ -22,7 +22,8 @@ import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.decode import FRAME_OUTPUTS, FrameSource, FrameStream, assemble_clips, eval_frames_graph
+from dali_pipelines.decode import (FRAME_OUTPUTS, FrameSource, FrameStream, assemble_clips, eval_frames_graph,
+                                   frames_to_clips)
 from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train_graph
 from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
@@ -138,7 +139,11 @@ class _Loader:
     def _next(self) -> dict[str, torch.Tensor]:
         batch = self._raw_next()
         out = {k: to_device(v, self.device) for k, v in batch.items()}
-        out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
+        if "clips" in out:
+            out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
+        else:  # a jpeg_frames training graph's decoded crops (decode.JpegFramesDecode)
+            crops = [out.pop(k) for k in self.names if k.startswith("decoded")]
+            out["clips"] = frames_to_clips(crops, out["flip"], self.cfg.standardization)
         if self.device.type == "cuda":
             # The GPU outputs are views of DALI's buffers, read by kernels queued on torch's stream
             # (standardize); DALI may refill a buffer once its view is gone. Keep the views until
@@ -220,6 +225,7 @@ class TrainLoader(_Loader):
                 clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
                 flip=cfg.flip, epoch_clips=cfg.epoch_clips)
             source = TrainSource(self.table, self.sampler)
+            self.names = source.outputs  # the clip, or a jpeg_frames set's decoded crops
             pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
                                standardization=cfg.standardization,
                                **_pipeline_kwargs(cfg, graph_device, local_rank))
