@@ -6,12 +6,15 @@
 The same 256 cut windows (16 frames of a keyframe-indexed ivf sample, `SampleReader.read_window`)
 are fed from memory to one-thread CPU pipelines that stop at different points, so the differences
 are what each step costs: `decode` (the decoder alone), `augment` (decode + the graph's own
-`dali_pipelines.graphs.augment`), `slice_cmn_stats` (the earlier augment: fn.slice, reductions on
-the (F, H, W, C) slice, transposes, then crop_mirror_normalize for flip + layout). Variants run
-interleaved, `--repeats` times each; CPU-ms per clip is this process's CPU time over the clips.
-Then the torch side per clip on one thread: the loader's affine pass (`standardize`) and the
-per-frame statistics done in torch instead (two-pass float32: mean, then mean of squared
-deviations), on (C, T, H, W) and on contiguous (T, H, W, C) frames.
+`dali_pipelines.graphs.augment`: crop, flip and layout in one crop_mirror_normalize),
+`cmn_dali_stats` (the augment of issues 15-22: the same plus the per-frame statistics as DALI
+reductions), `slice_cmn_stats` (the one before: fn.slice, reductions on the (F, H, W, C) slice,
+transposes, then crop_mirror_normalize for flip + layout). Variants run interleaved, `--repeats`
+times each; CPU-ms per clip is this process's CPU time over the clips. Then the torch side per
+clip on one thread: the loaders' `standardize.standardize` (per-frame statistics + the affine pass,
+since issue 22), the affine pass alone (what torch did while DALI took the statistics), and
+two-pass float32 statistics (mean, then mean of squared deviations) on (C, T, H, W) and on
+contiguous (T, H, W, C).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 T, CROP, BATCH = 16, 112, 8
-VARIANTS = ("decode", "augment", "slice_cmn_stats")
+VARIANTS = ("decode", "augment", "cmn_dali_stats", "slice_cmn_stats")
 
 
 def _cpu() -> float:
@@ -50,6 +53,21 @@ def windows(shards: str, n: int, seed: int = 0) -> list[tuple]:
         xy = np.array([rng.integers(0, int(w[row]) - CROP + 1), rng.integers(0, int(h[row]) - CROP + 1)], np.int32)
         out.append((np.frombuffer(data, np.uint8), np.int32(s0), xy, np.int32(rng.integers(2))))
     return out
+
+
+def _dali_stats_augment(frames, crop_xy, flip):
+    """The graph's augment of issues 15-22: crop_mirror_normalize, then per-frame statistics as DALI
+    reductions on the (C, F, H, W) crop."""
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    from dali_pipelines.graphs import augment
+
+    clips = augment(frames, crop=CROP, crop_xy=crop_xy, flip=flip)
+    mean = fn.reductions.mean(clips, axis_names="CHW", keep_dims=True, dtype=types.FLOAT)  # (1, F, 1, 1)
+    std = fn.reductions.std_dev(clips, mean, axis_names="CHW", keep_dims=True)
+    scale = 1.0 / dmath.max(std, float(255.0 / np.sqrt(CROP * CROP * 3)))
+    return clips, scale, -mean * scale
 
 
 def _old_augment(frames, crop_xy, flip):
@@ -88,6 +106,8 @@ def pipeline(variant: str, items: list[tuple]):
             return frames
         if variant == "augment":
             return augment(frames, crop=CROP, crop_xy=crop_xy, flip=flip)
+        if variant == "cmn_dali_stats":
+            return _dali_stats_augment(frames, crop_xy, flip)
         return _old_augment(frames, crop_xy, flip)
 
     pipe = graph()
@@ -114,7 +134,7 @@ def time_pipelines(items, seconds: float, repeats: int) -> dict[str, list[float]
 def time_torch(seconds: float) -> dict[str, float]:
     import torch
 
-    from dali_pipelines.loader import standardize
+    from dali_pipelines.standardize import standardize
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -136,7 +156,8 @@ def time_torch(seconds: float) -> dict[str, float]:
         x.mul_(1.0 / var.sqrt_().clamp_min_(floor))
         return x.view(BATCH, T, CROP, CROP, 3).permute(0, 4, 1, 2, 3).contiguous()  # -> (B, C, T, H, W)
 
-    fns = {"standardize (affine, the loader's)": lambda: standardize(cthw, scale, shift),
+    fns = {"standardize (the loaders': stats + affine)": lambda: standardize(cthw, "per_frame"),
+           "affine pass alone (stats from DALI)": lambda: cthw.float().mul_(scale).add_(shift),
            "two-pass stats on (C, T, H, W)": two_pass_cthw,
            "two-pass stats on (T, H, W, C) + layout": two_pass_thwc}
     out = {}

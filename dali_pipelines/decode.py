@@ -2,9 +2,10 @@
 what a training source returns for a window and how the graph turns it into frames. What follows
 the frames (resize, crop, flip, layout, standardization) is the same for every format, with one
 exception: a jpeg_frames training graph without an in-graph resize stops at the decoded crops, and
-the loader applies the same flip, layout and standardization in torch (`frames_to_clips`), because
-DALI's CPU tail (stack, crop_mirror_normalize, reductions) cost more per clip than decoding the
-JPEGs (benchmarks/RESULTS.md); the exactness tests hold both paths to the same reference.
+the loader applies the same flip and layout in torch (`frames_to_clips`), because DALI's CPU tail
+(stack, crop_mirror_normalize) cost more per clip than decoding the JPEGs (benchmarks/RESULTS.md);
+the exactness tests hold both paths to the same reference. Every graph's clips are standardized by
+the loader (`standardize.py`).
 
 - Video formats (ivf, webm, mp4): the window's encoded bytes (an ivf member cut at the keyframes
   around it, or a whole member) and the window's first frame in them; DALI's video decoder
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD, augment, decode_video, in_order, source_node
+from dali_pipelines.graphs import augment, decode_video, in_order, source_node
 from sharding.formats import JpegFrames
 from sharding.reader import SampleReader, ShardTable
 
@@ -116,47 +117,16 @@ def crop_outputs(clip_len: int) -> tuple[str, ...]:
 
 def frames_to_clips(frames: list, flip, standardization: str):
     """The torch tail of a jpeg_frames training batch: T tensors (B, H, W, C) uint8 (the decoded
-    crops) -> float32 clips (B, C, T, H, W), mirrored where `flip` (B,) is set and standardized as
-    `graphs.augment` defines it ('per_frame': per frame, over its C*H*W values, population std,
-    floor 1/sqrt(C*H*W) on x / 255; 'mean_std': Kinetics mean/std per channel).
-
-    'per_frame' takes the statistics about each frame's integer centre c (its mean, rounded; exact
-    integer sums): the float clip holds x - c, its sum is exact in float32 and its sum of squares
-    is ~n * var, so float32 rounding stays relative to the variance, not to the mean's square (the
-    one-pass E[x^2] - mean^2 would lose a near-flat bright frame's variance).
-    """
+    crops) -> float32 clips (B, C, T, H, W), mirrored where `flip` (B,) is set, laid out and
+    standardized by the one copy of `standardize.standardize` (the video graphs' clips get the same)."""
     import torch
+
+    from dali_pipelines.standardize import standardize
 
     x = torch.stack(frames, 1)  # (B, T, H, W, C) uint8
     for b in torch.nonzero(flip.reshape(-1)).reshape(-1).tolist():
         x[b] = x[b].flip(2)  # mirror W (one copy per flipped clip; masked indexing copies 3x)
-    B, T, H, W, C = x.shape
-    n = C * H * W
-    out = torch.empty((B, C, T, H, W), dtype=torch.float32, device=x.device)
-    if standardization == "per_frame":
-        # exact integer sums (< 2**24 for a 112 crop, so float32 is exact too): numpy's uint8 ->
-        # uint32 sum on the CPU (torch's integer sums of uint8 are 5-40x slower), torch's elsewhere
-        if x.is_cuda or 255 * n >= 1 << 32:
-            total = x.reshape(B, T, n).sum(-1, dtype=torch.float64)
-        else:
-            total = torch.from_numpy(x.numpy().reshape(B, T, n).sum(-1, dtype=np.uint32).astype(np.float64))
-        centre = torch.floor(total / n + 0.5)  # (B, T) the mean, rounded
-        out.copy_(x.permute(0, 4, 1, 2, 3)).sub_(centre.float().view(B, 1, T, 1, 1))  # layout, float, centre
-        d = total / n - centre  # mean - centre, in [-0.5, 0.5]
-        v = out.view(B * C * T, 1, H * W)
-        sq = torch.bmm(v, v.transpose(1, 2)).view(B, C, T).double().sum(1)  # sum of (x - c)^2 per frame
-        std = (sq / n - d * d).clamp_(min=0).sqrt_()
-        scale = 1.0 / torch.clamp(std, min=255.0 / n ** 0.5)  # (x - m) / max(s, 255 / sqrt(n))
-        shift = -d * scale  # out holds x - c: (x - m) * scale = out * scale - (m - c) * scale
-        scale, shift = (t.float().view(B, 1, T, 1, 1) for t in (scale, shift))
-    elif standardization == "mean_std":
-        out.copy_(x.permute(0, 4, 1, 2, 3))  # one pass: layout + float
-        std, mean = np.array(KINETICS_STD, np.float64), np.array(KINETICS_MEAN, np.float64)
-        scale = torch.tensor(1.0 / (255.0 * std), dtype=torch.float32, device=out.device).view(1, C, 1, 1, 1)
-        shift = torch.tensor(-mean / std, dtype=torch.float32, device=out.device).view(1, C, 1, 1, 1)
-    else:
-        raise ValueError(f"unknown standardization {standardization!r}")
-    return out.mul_(scale).add_(shift)
+    return standardize(x.permute(0, 4, 1, 2, 3), standardization)  # (B, C, T, H, W)
 
 
 def decode_for(table: ShardTable) -> VideoDecode | JpegFramesDecode:
@@ -171,7 +141,7 @@ def decode_for(table: ShardTable) -> VideoDecode | JpegFramesDecode:
 # frames, and the loader assembles each video's clips from its decoded frames (`JpegFramesEval`).
 
 FRAME_INPUTS = ("encoded", "crop", "k", "size")  # per frame: JPEG, crop [x, y], stream index, resize
-FRAME_OUTPUTS = ("clips", "scale", "shift", "k")
+FRAME_OUTPUTS = ("clips", "k")
 
 
 class FrameStream:
@@ -225,20 +195,18 @@ class FrameSource:
 
 
 @pipeline_def
-def eval_frames_graph(source, *, device: str, crop: int, standardization: str, py_workers: int,
-                      prefetch: int, decode_device: str = "gpu"):
-    """One evaluation frame per sample: image decoder -> the clips' resize, crop and
-    standardization (`graphs.augment` on a one-frame sequence, so the arithmetic is the video
-    evaluation's). Outputs (`FRAME_OUTPUTS`): clips (C, 1, crop, crop) uint8, scale and shift
-    ((1, 1, 1, 1) or (C, 1, 1, 1)), k () int64."""
+def eval_frames_graph(source, *, device: str, crop: int, py_workers: int, prefetch: int,
+                      decode_device: str = "gpu"):
+    """One evaluation frame per sample: image decoder -> the clips' resize and crop (`graphs.augment`
+    on a one-frame sequence, as the video evaluation's). Outputs (`FRAME_OUTPUTS`): clips (C, 1,
+    crop, crop) uint8, k () int64; the loader assembles and standardizes the clips."""
     x = source_node(source, py_workers, prefetch)
     backend = "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
     img = fn.decoders.image(x["encoded"], device=backend, output_type=types.RGB)
     img = img.gpu() if device == "gpu" and backend == "cpu" else img
     frames = fn.expand_dims(img, axes=[0], new_axis_names="F")  # (1, H, W, C)
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"),
-                                  standardization=standardization)
-    return in_order(FRAME_OUTPUTS, clips=clips, scale=scale, shift=shift, k=x["k"])
+    clips = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"))
+    return in_order(FRAME_OUTPUTS, clips=clips, k=x["k"])
 
 
 def assemble_clips(stream: FrameStream, slot: int, frames: "torch.Tensor", num_clips: int,

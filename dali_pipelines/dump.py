@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD
+from dali_pipelines.standardize import KINETICS_MEAN, KINETICS_STD
 
 
 def _parser() -> argparse.ArgumentParser:

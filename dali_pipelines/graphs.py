@@ -13,14 +13,8 @@ later operator follows the frames onto the GPU. Nothing else differs.
 
 from __future__ import annotations
 
-import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
-
-
-# Kinetics statistics on x / 255 (docs/DESIGN.md, the paper's transforms), RGB order.
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 # Inputs: what the source returns per sample, in order; "size" only with an in-graph resize
@@ -28,8 +22,8 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 TRAIN_INPUTS = ("encoded", "label", "start", "decode_start", "crop", "flip", "row", "size")
 EVAL_INPUTS = ("encoded", "label", "video", "frame_idx", "crop", "row", "size")
 # Outputs, in order; `images.image_train_graph` returns TRAIN_OUTPUTS too.
-TRAIN_OUTPUTS = ("clips", "scale", "shift", "label", "row", "start", "crop", "flip")
-EVAL_OUTPUTS = ("clips", "scale", "shift", "label", "video", "row")
+TRAIN_OUTPUTS = ("clips", "label", "row", "start", "crop", "flip")
+EVAL_OUTPUTS = ("clips", "label", "video", "row")
 
 
 def in_order(names: tuple[str, ...], **values) -> tuple:
@@ -100,14 +94,10 @@ def decode_video(encoded, device: str, decode_device: str = "gpu", start_frame=N
     return frames.gpu() if device == "gpu" and backend == "cpu" else frames
 
 
-def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization: str = "per_frame"):
-    """Resize, crop, flip and standardize a sequence; shared by the training and evaluation graphs.
-
-    The graph stops short of the float clip: it returns the crop as uint8 (C, F, crop, crop) and
-    each value's affine map, `clip = clip_u8 * scale + shift`, which `standardize` (torch) applies
-    where the batch lands. That last pass writes 4 bytes per value, which torch does in one
-    vectorized pass and DALI's CPU arithmetic does several times slower (benchmarks/RESULTS.md);
-    the uint8 batch is also a quarter of the copy out of the pipeline.
+def augment(frames, *, crop: int, crop_xy, flip=None, size=None):
+    """Resize, crop and flip a sequence into the uint8 clip; shared by the training and evaluation
+    graphs. The standardization follows in torch where the batch lands (`standardize.py`: cheaper
+    than DALI's CPU reductions and arithmetic; the uint8 batch is a quarter of the copy out).
 
     Args:
         frames: DataNode (F, H, W, C) uint8.
@@ -117,50 +107,27 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None, standardization
         flip: DataNode () int32 per sample (1 = mirror horizontally) or None for no flip.
         size: DataNode (2,) float32 [width, height] to resize to first, or None to keep the size.
             Computed in Python (sampler.resized_size) so the crop positions are known exactly.
-        standardization: 'per_frame': for each frame, on x / 255,
-            `(x - mean) / max(std, 1 / sqrt(H * W * C))` over its crop's H*W*C values (exactly
-            tf.image.per_image_standardization; population std). 'mean_std':
-            `(x / 255 - KINETICS_MEAN) / KINETICS_STD` per channel.
 
     Returns:
-        (clips, scale, shift): clips DataNode (C, F, crop, crop) uint8; scale and shift float32,
-        (1, F, 1, 1) for 'per_frame' and (C, 1, 1, 1) for 'mean_std' (they broadcast on clips).
+        DataNode (C, F, crop, crop) uint8.
     """
     if size is not None:
         frames = fn.resize(frames, resize_x=size[0], resize_y=size[1])
     # One pass: crop, mirror (per sample) and (F,H,W,C) -> (C,F,H,W), staying uint8 (a separate
     # fn.slice copied the crop once more: benchmarks/RESULTS.md, per-clip overhead). The crop's
     # pixel [x, y] becomes the normalized position x / (W - crop), which DALI multiplies back and
-    # rounds: the exact pixel again. The statistics are then taken on the (C, F, H, W) crop, so
-    # scale and shift come out (1, F, 1, 1) without a transpose.
+    # rounds: the exact pixel again.
     shape = frames.shape()  # (F, H, W, C)
     xy = fn.cast(crop_xy, dtype=types.FLOAT)
     pos_x = xy[0] / dmath.max(fn.cast(shape[2], dtype=types.FLOAT) - float(crop), 1.0)
     pos_y = xy[1] / dmath.max(fn.cast(shape[1], dtype=types.FLOAT) - float(crop), 1.0)
-    clips = fn.crop_mirror_normalize(frames, crop=[crop, crop], crop_pos_x=pos_x, crop_pos_y=pos_y,
-                                     rounding="round", mirror=0 if flip is None else flip,
-                                     dtype=types.UINT8, output_layout="CFHW")  # (C, F, crop, crop)
-    # The 1/255 is folded into scale and shift, so the statistics are taken on the uint8 values.
-    if standardization == "per_frame":
-        mean = fn.reductions.mean(clips, axis_names="CHW", keep_dims=True, dtype=types.FLOAT)  # (1, F, 1, 1)
-        std = fn.reductions.std_dev(clips, mean, axis_names="CHW", keep_dims=True)  # (1, F, 1, 1)
-        # (x/255 - m/255) / max(s/255, f) == (x - m) / max(s, 255 f); tf's floor f keeps a flat
-        # frame finite (it becomes all zeros).
-        scale = 1.0 / dmath.max(std, float(255.0 / np.sqrt(crop * crop * 3)))
-        shift = -mean * scale
-    elif standardization == "mean_std":
-        # (x/255 - mean) / std == x * (1 / (255 std)) - mean / std, per channel
-        std, mean = np.array(KINETICS_STD, np.float64), np.array(KINETICS_MEAN, np.float64)
-        scale = fn.constant(fdata=(1.0 / (255.0 * std)).tolist(), shape=[3, 1, 1, 1], dtype=types.FLOAT)
-        shift = fn.constant(fdata=(-mean / std).tolist(), shape=[3, 1, 1, 1], dtype=types.FLOAT)
-    else:
-        raise ValueError(f"unknown standardization {standardization!r}")
-    return clips, scale, shift
+    return fn.crop_mirror_normalize(frames, crop=[crop, crop], crop_pos_x=pos_x, crop_pos_y=pos_y,
+                                    rounding="round", mirror=0 if flip is None else flip,
+                                    dtype=types.UINT8, output_layout="CFHW")  # (C, F, crop, crop)
 
 
 @pipeline_def
-def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, standardization: str,
-                py_workers: int, prefetch: int, decode_device: str = "gpu"):
+def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Training clips: one window + crop + flip per sample.
 
     Args:
@@ -170,9 +137,9 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
         decode_device: "gpu" (NVDEC) or "cpu" (CPU threads) with device "gpu" (`decode_video`).
 
     Outputs (`source.outputs`: `TRAIN_OUTPUTS`, or for a jpeg_frames set without a resize the T
-    decoded crops decoded0.. (crop, crop, C) uint8 in place of clips, scale and shift, finished by
-    `decode.frames_to_clips`): clips (C, T, crop, crop) uint8, scale and shift float32 (`augment`:
-    the float clip is clips * scale + shift), label () int32, row () int64, start () int32, crop
+    decoded crops decoded0.. (crop, crop, C) uint8 in place of clips, finished by
+    `decode.frames_to_clips`): clips (C, T, crop, crop) uint8 (the loader standardizes them:
+    `standardize.standardize`), label () int32, row () int64, start () int32, crop
     (2,) int32 [x, y], flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
@@ -181,36 +148,26 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, s
         return in_order(source.outputs, **dict(zip(source.outputs, crops)), **x)
     # the storage format's step (dali_pipelines/decode.py): video decoder or image decoder
     frames, crop_xy = source.decode.train_frames(x, device, decode_device, clip_len, stride, crop)  # (T, H, W, C)
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=crop_xy, flip=x["flip"],
-                                  size=x.get("size"),
-                                  standardization=standardization)  # (C, T, crop, crop) uint8
-    return in_order(TRAIN_OUTPUTS, clips=clips, scale=scale, shift=shift, **x)
+    clips = augment(frames, crop=crop, crop_xy=crop_xy, flip=x["flip"], size=x.get("size"))  # (C, T, crop, crop)
+    return in_order(TRAIN_OUTPUTS, clips=clips, **x)
 
 
 @pipeline_def
-def eval_graph(source, *, device: str, num_clips: int, clip_len: int, crop: int,
-               standardization: str, py_workers: int, prefetch: int, decode_device: str = "gpu"):
+def eval_graph(source, *, device: str, num_clips: int, clip_len: int, crop: int, py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Evaluation: decode each whole video once, gather its N clips, centre crop.
 
     Args:
         source: a `sources.EvalSource` (returns `EVAL_INPUTS`).
         device, decode_device: as `train_graph`.
 
-    Outputs (`EVAL_OUTPUTS`): clips (N, C, T, crop, crop) uint8, scale and shift float32
-    ((N, 1, T, 1, 1) or (1, C, 1, 1, 1): the float clips are clips * scale + shift), label ()
-    int32, video () int32, row () int64.
+    Outputs (`EVAL_OUTPUTS`): clips (N, C, T, crop, crop) uint8 (standardized by the loader),
+    label () int32, video () int32, row () int64.
     """
     x = source_node(source, py_workers, prefetch)
     frames = decode_video(x["encoded"], device, decode_device)  # (F, H, W, C)
     # Re-decoding per clip (`frames=`) restarts at frame 0 each time: 25x slower (docs/DESIGN.md).
     frames = fn.sequence_rearrange(frames, new_order=x["frame_idx"])  # (N*T, H, W, C)
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"),
-                                  standardization=standardization)  # (C, N*T, crop, crop) uint8
+    clips = augment(frames, crop=crop, crop_xy=x["crop"], size=x.get("size"))  # (C, N*T, crop, crop) uint8
     clips = fn.reshape(clips, shape=[3, num_clips, clip_len, crop, crop], layout="")  # (C,N*T,H,W) -> (C,N,T,H,W)
     clips = fn.transpose(clips, perm=[1, 0, 2, 3, 4])  # (C,N,T,H,W) -> (N,C,T,H,W)
-    if standardization == "per_frame":  # (1, N*T, 1, 1) -> (1, N, T, 1, 1) -> (N, 1, T, 1, 1)
-        scale, shift = (fn.transpose(fn.reshape(t, shape=[1, num_clips, clip_len, 1, 1], layout=""),
-                                     perm=[1, 0, 2, 3, 4]) for t in (scale, shift))
-    else:  # per channel: (C, 1, 1, 1) -> (1, C, 1, 1, 1)
-        scale, shift = (fn.reshape(t, shape=[1, 3, 1, 1, 1], layout="") for t in (scale, shift))
-    return in_order(EVAL_OUTPUTS, clips=clips, scale=scale, shift=shift, **x)
+    return in_order(EVAL_OUTPUTS, clips=clips, **x)

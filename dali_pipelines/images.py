@@ -4,7 +4,7 @@ For each sample the sampler draws two square windows inside the stored image, a 
 (side uniform in [min_side, min(W, H)], then the top-left corner uniform over the positions where the
 window fits). Frame t of the T-frame clip shows the window linearly interpolated between them,
 `w_t = w_start + t / (T - 1) * (w_end - w_start)` (sub-pixel: corners are floats), resized to
-crop x crop; then the video graphs' flip and standardization (graphs.augment) follow.
+crop x crop; then the video graphs' flip (graphs.augment) and the loader's standardization follow.
 
 Worked example, T = 3, start window x 0..120 (side 120), end window x 80..200: frame 1 shows
 x 40..160. A start equal to the end is a still zoom-in crop; a larger end than start zooms out.
@@ -211,7 +211,7 @@ def pan_zoom(encoded, matrix, *, device: str, clip_len: int, size: int, image_si
 
 
 @pipeline_def
-def image_train_graph(source, *, device: str, clip_len: int, crop: int, standardization: str,
+def image_train_graph(source, *, device: str, clip_len: int, crop: int,
                       py_workers: int, prefetch: int, decode_device: str = "gpu"):
     """Pseudo-video training clips from still images.
 
@@ -220,12 +220,11 @@ def image_train_graph(source, *, device: str, clip_len: int, crop: int, standard
         device, decode_device: as `graphs.train_graph` (`pan_zoom`).
 
     Outputs: `graphs.TRAIN_OUTPUTS`, as `graphs.train_graph`: clips (C, T, crop, crop) uint8,
-    scale, shift, label () int32, row () int64, start () int32, crop (2,) int32, flip () int32.
+    label () int32, row () int64, start () int32, crop (2,) int32, flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
     frames = pan_zoom(x["encoded"], x["matrix"], device=device, clip_len=clip_len, size=crop,
                       image_size=x["size"], decode_device=decode_device)  # (T, crop, crop, C)
     # The frames are already crop x crop: augment's crop at [0, 0] keeps them whole.
-    clips, scale, shift = augment(frames, crop=crop, crop_xy=[0, 0], flip=x["flip"],
-                                  standardization=standardization)  # (C, T, crop, crop) uint8
-    return in_order(TRAIN_OUTPUTS, clips=clips, scale=scale, shift=shift, **x)
+    clips = augment(frames, crop=crop, crop_xy=[0, 0], flip=x["flip"])  # (C, T, crop, crop) uint8
+    return in_order(TRAIN_OUTPUTS, clips=clips, **x)

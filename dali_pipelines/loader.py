@@ -28,6 +28,7 @@ from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train
 from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
 from dali_pipelines.sources import EvalSource, ImageTrainSource, TrainSource
+from dali_pipelines.standardize import standardize
 from sharding.formats import JpegFrames, format_of
 from sharding.reader import ShardError, load_shards
 
@@ -81,15 +82,6 @@ def _pipeline_kwargs(cfg, graph_device: str, local_rank: int) -> dict:
                 decode_device=resolve_decode_device(cfg.decode_device, graph_device))
 
 
-def standardize(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """The graphs' last step (graphs.augment): uint8 clips -> float32 `clips * scale + shift`.
-
-    Done in torch on the batch's device in three vectorized passes: cheaper than DALI's CPU
-    arithmetic and than `torch.addcmul` with a uint8 operand (benchmarks/RESULTS.md).
-    """
-    return clips.float().mul_(scale).add_(shift)
-
-
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """One output of DALI's iterator on the rank's device, safe to keep after DALI's next run.
 
@@ -111,7 +103,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 class _Loader:
     """Shared mechanics: lazy build at the first iteration, conversion to torch on `device`,
-    the standardization's final affine pass."""
+    the standardization (`standardize.py`)."""
 
     names: tuple[str, ...]  # the graph's declared outputs (graphs.TRAIN_OUTPUTS / EVAL_OUTPUTS)
 
@@ -140,7 +132,7 @@ class _Loader:
         batch = self._raw_next()
         out = {k: to_device(v, self.device) for k, v in batch.items()}
         if "clips" in out:
-            out["clips"] = standardize(out["clips"], out.pop("scale"), out.pop("shift"))
+            out["clips"] = standardize(out["clips"], self.cfg.standardization)
         else:  # a jpeg_frames training graph's decoded crops (decode.JpegFramesDecode)
             crops = [out.pop(k) for k in self.names if k.startswith("decoded")]
             out["clips"] = frames_to_clips(crops, out["flip"], self.cfg.standardization)
@@ -217,8 +209,7 @@ class TrainLoader(_Loader):
                 epoch_clips=cfg.epoch_clips)
             source = ImageTrainSource(self.table, self.sampler)
             pipe = image_train_graph(source, clip_len=cfg.clip_len, crop=cfg.crop,
-                                     standardization=cfg.standardization,
-                                     **_pipeline_kwargs(cfg, graph_device, local_rank))
+                                                                          **_pipeline_kwargs(cfg, graph_device, local_rank))
         else:
             self.sampler = TrainSampler(
                 self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
@@ -227,8 +218,7 @@ class TrainLoader(_Loader):
             source = TrainSource(self.table, self.sampler)
             self.names = source.outputs  # the clip, or a jpeg_frames set's decoded crops
             pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
-                               standardization=cfg.standardization,
-                               **_pipeline_kwargs(cfg, graph_device, local_rank))
+                                                              **_pipeline_kwargs(cfg, graph_device, local_rank))
         super().__init__(pipe, source, device, cfg.py_workers)
         self.position = 0  # batches consumed since the stream began (all epochs)
 
@@ -323,8 +313,7 @@ class EvalLoader(_Loader):
         """(source, pipeline) of a video format: each whole video decoded once, its clips gathered."""
         source = EvalSource(self.table, self.sampler)
         return source, eval_graph(source, num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop,
-                                  standardization=cfg.standardization,
-                                  **_pipeline_kwargs(cfg, graph_device, local_rank))
+                                                                    **_pipeline_kwargs(cfg, graph_device, local_rank))
 
     def __len__(self) -> int:
         return self.sampler.num_batches
@@ -363,7 +352,7 @@ class JpegFramesEvalLoader(EvalLoader):
         self.stream = FrameStream(self.sampler, cfg.batch_size * cfg.clip_len)
         source = FrameSource(self.table, self.stream, resize=cfg.resize_short is not None)
         kwargs = {**_pipeline_kwargs(cfg, graph_device, local_rank), "batch_size": self.stream.batch}
-        return source, eval_frames_graph(source, crop=cfg.crop, standardization=cfg.standardization, **kwargs)
+        return source, eval_frames_graph(source, crop=cfg.crop, **kwargs)
 
     def __len__(self) -> int:
         return self.sampler.num_batches
@@ -374,7 +363,7 @@ class JpegFramesEvalLoader(EvalLoader):
         return [(int(r), None, None) for r in dict.fromkeys(rows.tolist())]
 
     def _frames(self):
-        """(uint8 frames (n, C, H, W), scale, shift) of one DALI batch, in stream order. Frames are
+        """uint8 frames (n, C, H, W) of one DALI batch, in stream order. Frames are
         kept across DALI's next runs (a video's may span batches), so GPU outputs, views of DALI's
         buffers, are copied out of them."""
         out = self._raw_next()
@@ -385,8 +374,7 @@ class JpegFramesEvalLoader(EvalLoader):
         start = (self._consumed - 1) * self.stream.batch % self.stream.padded
         if not torch.equal(k, torch.clamp(torch.arange(start, start + len(k)), max=len(self.stream.row) - 1)):
             raise RuntimeError("evaluation frame stream out of order")  # never: the source is a pure function
-        return (to_device(out["clips"], self.device)[:, :, 0], to_device(out["scale"], self.device)[:, :, 0],
-                to_device(out["shift"], self.device)[:, :, 0])
+        return to_device(out["clips"], self.device)[:, :, 0]
 
     def __iter__(self):
         per_pass = self.stream.padded // self.stream.batch
@@ -397,18 +385,15 @@ class JpegFramesEvalLoader(EvalLoader):
             need = int(ptr[(b + 1) * B])
             while got < need:
                 bufs.append(self._frames())
-                got += len(bufs[-1][0])
-            frames, scale, shift = (torch.cat([x[i] for x in bufs]) for i in range(3))
+                got += len(bufs[-1])
+            frames = torch.cat(bufs)
             base = got - len(frames)  # stream index of frames[0]
-            clips, scales, shifts = [], [], []
-            for slot in range(b * B, (b + 1) * B):
-                lo, hi = int(ptr[slot]) - base, int(ptr[slot + 1]) - base
-                for t, dst in ((frames, clips), (scale, scales), (shift, shifts)):
-                    dst.append(assemble_clips(self.stream, slot, t[lo:hi], self.cfg.num_clips, self.cfg.clip_len))
-            keep = int(ptr[(b + 1) * B]) - base
-            bufs = [(frames[keep:], scale[keep:], shift[keep:])]
+            clips = [assemble_clips(self.stream, slot, frames[int(ptr[slot]) - base:int(ptr[slot + 1]) - base],
+                                    self.cfg.num_clips, self.cfg.clip_len) for slot in range(b * B, (b + 1) * B)]
+            bufs = [frames[int(ptr[(b + 1) * B]) - base:]]
             draws = self.stream.draws[b * B:(b + 1) * B]
-            yield {"clips": standardize(torch.stack(clips), torch.stack(scales), torch.stack(shifts)),
+            # a frame's statistics are its own wherever it sits: standardize the assembled uint8 clips
+            yield {"clips": standardize(torch.stack(clips), self.cfg.standardization),
                    "labels": torch.tensor([d.label for d in draws], dtype=torch.int64, device=self.device),
                    "video": torch.tensor([d.video for d in draws], dtype=torch.int64, device=self.device),
                    "index": torch.tensor([d.row for d in draws], dtype=torch.int64, device=self.device)}

@@ -99,7 +99,7 @@ class TrainSource(SampleSource):
         self.sampler = sampler
         # the graph's outputs: the clip, or (jpeg_frames, no resize) its decoded crops
         resize = sampler.resize_short is not None
-        self.outputs = (crop_outputs(sampler.clip_len) + TRAIN_OUTPUTS[3:]  # less clips, scale, shift
+        self.outputs = (crop_outputs(sampler.clip_len) + TRAIN_OUTPUTS[1:]  # in place of clips
                         if self.decode.torch_tail(resize) else TRAIN_OUTPUTS)
 
     def __call__(self, sample_info):

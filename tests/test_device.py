@@ -69,9 +69,11 @@ def test_gpu_graph_places_the_decoder(decode_device, decoder_on):
 
 
 class _NamesOnly:
-    """Stands in for a TrainSource at graph definition (the graph reads only `names`)."""
+    """Stands in for a TrainSource at graph definition (the graph reads only `names`, `outputs`
+    and `decode`)."""
 
     names = TRAIN_INPUTS[:-1]
+    outputs = TRAIN_OUTPUTS
     decode = VideoDecode()  # the video formats' decode step (dali_pipelines/decode.py)
 
     def __call__(self, sample_info):  # never called: the pipeline is not built
@@ -83,10 +85,10 @@ def test_train_graph_with_cpu_decode_defines_gpu_outputs():
     the GPU, the source's numbers stay on the CPU."""
     with Pipeline(batch_size=2, num_threads=1, device_id=0):
         outs = train_graph.__wrapped__(_NamesOnly(), device="gpu", decode_device="cpu", clip_len=4,
-                                       stride=1, crop=32, standardization="per_frame", py_workers=0,
+                                       stride=1, crop=32, py_workers=0,
                                        prefetch=2)
     devices = dict(zip(TRAIN_OUTPUTS, (o.device for o in outs)))
-    assert devices == {"clips": "gpu", "scale": "gpu", "shift": "gpu", "label": "cpu", "row": "cpu",
+    assert devices == {"clips": "gpu", "label": "cpu", "row": "cpu",
                        "start": "cpu", "crop": "cpu", "flip": "cpu"}
     assert np.all([o is not None for o in outs])
 

@@ -22,7 +22,7 @@ from av.video.reformatter import Interpolation
 
 from dali_pipelines import dump as dump_cli
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.graphs import KINETICS_MEAN, KINETICS_STD
+from dali_pipelines.standardize import KINETICS_MEAN, KINETICS_STD
 from dali_pipelines.loader import make_eval_loader, make_train_loader
 from sharding.reader import ShardError, load_shards
 from sharding import build
@@ -391,3 +391,34 @@ def test_dump_takes_a_run_configs_data_settings(shard_sets, tmp_path):
     assert dump_cli.main(["--config", str(cfg), "--split", "train", "--batch-size", "3", "--crop", "32",
                           "--out", str(out)]) == 0
     assert np.load(out)["clips"].shape == (3, 3, 4, 32, 32)
+
+
+def test_standardize_matches_float64_on_hard_frames():
+    """The loaders' torch standardization (`standardize.standardize`) against the numpy float64
+    definition on frames where a one-pass float32 variance fails: near-flat bright frames (values
+    249-251), a flat one (std 0: all zeros), a dark one, full-range noise; per channel offsets (so
+    the frame variance includes the channels' spread); a permuted (B, T, H, W, C) view gives the
+    same result as its contiguous copy."""
+    import torch
+
+    from dali_pipelines.standardize import standardize as torch_standardize
+
+    rng = np.random.default_rng(0)
+    T, H, W = 6, 112, 112
+    thwc = np.stack([
+        rng.integers(249, 252, (H, W, 3)),  # near-flat, bright
+        np.full((H, W, 3), 250),  # flat
+        rng.integers(0, 4, (H, W, 3)),  # dark
+        rng.integers(0, 256, (H, W, 3)),  # noise
+        np.clip(rng.normal(128, 20, (H, W, 3)) + [60, 0, -60], 0, 255),  # channels apart
+        np.clip(np.arange(W)[None, :, None] * 2 + rng.integers(0, 3, (H, W, 3)), 0, 255),  # ramp
+    ]).astype(np.uint8)  # (T, H, W, C)
+    batch = np.stack([thwc, thwc[::-1]])  # (B, T, H, W, C)
+    for how in ("per_frame", "mean_std"):
+        want = np.stack([standardize(clip, how).transpose(3, 0, 1, 2) for clip in batch])  # (B, C, T, H, W)
+        view = torch.from_numpy(batch).permute(0, 4, 1, 2, 3)
+        got = torch_standardize(view, how)
+        assert got.is_contiguous() and got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), want, atol=2e-5, rtol=0)
+        assert torch.equal(got, torch_standardize(view.contiguous(), how))
+    assert float(torch_standardize(torch.from_numpy(batch).permute(0, 4, 1, 2, 3), "per_frame")[0, :, 1].abs().max()) == 0

@@ -14,7 +14,7 @@ Each video goes through the run's evaluation, step for step, without building sh
    stores for the same file;
 2. the run's evaluation graph (`dali_pipelines.graphs.eval_graph`, DALI CPU backend) with the
    run's eval settings: `eval.clips` clips placed by `dali_pipelines.sampler.EvalSampler`, the
-   in-graph resize, centre crop and standardization; then `dali_pipelines.loader.standardize`;
+   in-graph resize and centre crop; then `dali_pipelines.standardize.standardize`;
 3. the model, mean over clips, cosine similarity with the label embeddings.
 
 Labels go through `sharding.class_names.class_text` (the generic rule; `--dataset` adds a dataset's
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dali_pipelines.graphs import EVAL_INPUTS, EVAL_OUTPUTS, eval_graph, in_order
-from dali_pipelines.loader import standardize
+from dali_pipelines.standardize import standardize
 from dali_pipelines.sampler import EvalSampler
 from sharding.class_names import class_text, read_class_list
 from sharding.encode import encode
@@ -252,7 +252,7 @@ def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.
 
     source = PredictSource(videos, build, eval_cfg)
     pipe = eval_graph(source, device="cpu", num_clips=eval_cfg["num_clips"], clip_len=eval_cfg["clip_len"],
-                      crop=eval_cfg["crop"], standardization=eval_cfg["standardization"], py_workers=0,
+                      crop=eval_cfg["crop"], py_workers=0,
                       prefetch=1, batch_size=1, num_threads=max(1, int(eval_cfg.get("num_threads", 1))),
                       device_id=None, prefetch_queue_depth=1)
     it = DALIGenericIterator(pipe, list(EVAL_OUTPUTS), size=-1, auto_reset=False)
@@ -263,7 +263,7 @@ def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.
         if i in source.errors:
             yield i, None, source.errors[i], None
             continue
-        clips = standardize(out["clips"].to(device), out["scale"].to(device), out["shift"].to(device))
+        clips = standardize(out["clips"].to(device), eval_cfg["standardization"])
         yield i, clips, None, source.warnings.get(i)
 
 
