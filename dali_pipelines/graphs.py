@@ -50,11 +50,14 @@ def source_node(source, py_workers: int, prefetch: int) -> dict:
 
     Args:
         source: a callable of DALI's `SampleInfo` with `names`, the inputs it returns in order
-            (sources.py).
+            (sources.py); or, with a true `batch` attribute, a callable of no argument returning
+            a batch per output (lists of arrays; any batch size up to the pipeline's).
         py_workers: 0 = call it in the main process; else in DALI's forked worker processes.
         prefetch: batches each worker prepares ahead.
     """
-    if py_workers > 0:
+    if getattr(source, "batch", False):  # a callable of no argument returning whole batches
+        nodes = fn.external_source(source=source, batch=True, num_outputs=len(source.names))
+    elif py_workers > 0:
         nodes = fn.external_source(source=source, parallel=True, batch=False,
                                    num_outputs=len(source.names), prefetch_queue_depth=prefetch)
     else:

@@ -105,6 +105,42 @@ def test_predict_matches_the_evaluation(run, tmp_path):
         assert rec["top"][0]["text"] == rec["top"][0]["label"].replace("_", " ")
 
 
+def test_predict_matches_the_evaluation_on_jpeg_frames(run, tmp_path):
+    """A run whose eval shards are JPEG frames (`--codec jpeg`, as `make demo` builds them): predict
+    encodes each video's frames as the builder does and runs the evaluation's frame graph, and gives
+    the embedding `trainer.evaluate` stored for it (within 1e-4) and its top-1."""
+    root = run["root"]
+    assert build_main(["--input", str(root / "in"), "--layout", "folders", "--split", "eval", "--codec", "jpeg",
+                       "--out", str(tmp_path / "shards"), "--workers", "0", "--quiet"]) == 0
+    cfg = yaml.safe_load((root / "run.yaml").read_text())
+    cfg["run"]["out_dir"] = str(tmp_path / "run")
+    cfg["eval"]["sets"] = [{"name": "unseen", "shards": str(tmp_path / "shards")}]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    ckpt = torch.load(run["ckpt"], weights_only=False)
+    from trainer.config import load_config
+
+    ckpt["config"] = load_config(tmp_path / "run.yaml").model_dump(mode="json")
+    path = tmp_path / "run" / "checkpoints" / "ckpt_0000005.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(ckpt, path)
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(tmp_path / "run.yaml"), f"checkpoint={path}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with np.load(tmp_path / "run" / "eval" / "unseen_e1.npz") as z:
+        stored = {k: z[k] for k in z.files}
+    table = load_shards(tmp_path / "shards")
+    jpeg_run = {"stored": stored, "keys": [str(table.columns["keys"][r]) for r in table.video_first_rows()]}
+    rc, records = _predict(run, tmp_path, path, *run["videos"].values())
+    assert rc == 0 and len(records) == 3
+    for cls, rec in zip(run["videos"], records):
+        pred, top1 = _stored_for(jpeg_run, cls)
+        np.testing.assert_array_less(np.abs(np.array(rec["embedding"]) - pred).max(), 1e-4)
+        assert rec["top"][0]["label"] == top1
+    # the JPEG frames are not the VP9 set's: the embeddings differ from the VP9 evaluation's
+    assert max(np.abs(np.array(rec["embedding"]) - _stored_for(run, cls)[0]).max()
+               for cls, rec in zip(run["videos"], records)) > 1e-3
+
+
 def test_export_is_weights_only_and_predicts_the_same(run, tmp_path, capsys):
     out = tmp_path / "model.pt"
     assert export_cli.main([str(run["root"] / "run"), str(out)]) == 0  # a run folder: newest checkpoint
@@ -246,7 +282,7 @@ def test_h264_eval_builds_are_refused_with_the_fix():
         predict_cli.check_build({"codec": "h264", "source": "shards/ucf101/_info.json"})
 
 
-def test_jpeg_frame_eval_builds_are_refused_with_the_fix():
-    # NOTE: predict does not read JPEG-frame eval sets yet; the message says so and names the way out
-    with pytest.raises(PredictError, match="does not read that format yet: pass --shards with a VP9 eval set"):
-        predict_cli.check_build({"codec": "jpeg", "source": "shards/ucf101_jpeg/_info.json"})
+def test_h264_message_names_both_readable_formats():
+    with pytest.raises(PredictError, match="VP9 or JPEG-frames eval set"):
+        predict_cli.check_build({"codec": "h264", "source": "shards/ucf101/_info.json"})
+    predict_cli.check_build({"codec": "jpeg", "source": "shards/ucf101_jpeg/_info.json"})  # readable now

@@ -79,8 +79,9 @@ def build_settings(cfg: TrainConfig, shards: str | Path | None = None) -> dict:
             eval sets (when those are not on this machine).
 
     Returns:
-        {short_side, fps, codec, container, crf, speed, gop, clip_span, strict_frame_count, source}
-        (strict_frame_count from the build's `_build.json`; False, the builder's default, when absent).
+        {short_side, fps, codec, container, crf, speed, gop, clip_span, strict_frame_count,
+        jpeg_quality, source} (strict_frame_count from the build's `_build.json`; False, the
+        builder's default, when absent; jpeg_quality None but for a `--codec jpeg` set).
 
     Raises:
         ExportError: no readable video eval manifest, or the run's eval sets disagree.
@@ -103,12 +104,14 @@ def build_settings(cfg: TrainConfig, shards: str | Path | None = None) -> dict:
             strict = bool(json.loads((path.parent / "_build.json").read_text()).get("strict_frame_count", False))
         except (OSError, ValueError):
             strict = False
-        found.append({**{k: enc[k] for k in BUILD_KEYS}, "strict_frame_count": strict, "source": str(path)})
+        found.append({**{k: enc[k] for k in BUILD_KEYS}, "strict_frame_count": strict,
+                      "jpeg_quality": enc.get("quality"), "source": str(path)})  # quality: JPEG frames only
     if not found:
         raise ExportError("predict redoes the builder's decode with the eval shards' settings (short side, "
                           f"fps, codec, crf): none of {tried or 'the run (it has no eval sets)'} could be "
                           "read; pass --shards with an eval shard set built with the same settings")
-    differ = [f for f in found[1:] if {k: f[k] for k in BUILD_KEYS} != {k: found[0][k] for k in BUILD_KEYS}]
+    keys = (*BUILD_KEYS, "jpeg_quality")
+    differ = [f for f in found[1:] if {k: f[k] for k in keys} != {k: found[0][k] for k in keys}]
     if differ:
         raise ExportError(f"the run's eval sets were built with different settings ({found[0]} vs "
                           f"{differ[0]}); pass --shards to choose the one predict should follow")

@@ -12,9 +12,11 @@ Each video goes through the run's evaluation, step for step, without building sh
    resize to the short side, encode) with the build settings of the run's eval shards (short side,
    frame rate, codec, crf, speed, gop, ...): the bytes are those `sharding.build --split eval`
    stores for the same file;
-2. the run's evaluation graph (`dali_pipelines.graphs.eval_graph`, DALI CPU backend) with the
-   run's eval settings: `eval.clips` clips placed by `dali_pipelines.sampler.EvalSampler`, the
-   in-graph resize and centre crop; then `dali_pipelines.standardize.standardize`;
+2. the run's evaluation graph (`dali_pipelines.graphs.eval_graph`, DALI CPU backend; for JPEG-frames
+   eval shards the frame graph, `dali_pipelines.decode.eval_frames_graph`, each needed frame decoded
+   once) with the run's eval settings: `eval.clips` clips placed by
+   `dali_pipelines.sampler.EvalSampler`, the in-graph resize and centre crop; then
+   `dali_pipelines.standardize.standardize`;
 3. the model, mean over clips, cosine similarity with the label embeddings.
 
 Labels go through `sharding.class_names.class_text` (the generic rule; `--dataset` adds a dataset's
@@ -36,7 +38,7 @@ from dali_pipelines.graphs import EVAL_INPUTS, EVAL_OUTPUTS, eval_graph, in_orde
 from dali_pipelines.standardize import standardize
 from dali_pipelines.sampler import EvalSampler
 from sharding.class_names import class_text, read_class_list
-from sharding.encode import encode
+from sharding.encode import JpegFramesEncoder, encode
 from sharding.layouts import VIDEO_EXTENSIONS, VideoItem
 from sharding.media import process_video
 from sharding.reader import ShardTable
@@ -149,17 +151,11 @@ def find_videos(paths: list[str]) -> tuple[list[Path], bool]:
 
 def check_build(build: dict) -> None:
     """Raises PredictError when predict's CPU graph cannot decode what the run's builder wrote."""
-    if build["codec"] == "jpeg":
-        # NOTE: not built yet: predict runs the video evaluation graph on one in-memory video; a
-        # JPEG-frames eval set is evaluated through a frame stream (dali_pipelines/decode.py).
-        raise PredictError(f"the run's eval shards are JPEG frames ({build['source']}); predict does not read "
-                           "that format yet: pass --shards with a VP9 eval set (`sharding.build --split eval`) "
-                           "built with the same --short-side and --fps")
-    if build["codec"] != "vp9":
-        # The graph runs on DALI's CPU backend, which decodes VP8/VP9 only.
+    if build["codec"] not in ("vp9", "jpeg"):
+        # The graph runs on DALI's CPU backend, whose video decoder takes VP8/VP9 only.
         raise PredictError(f"the run's eval shards are {build['codec']} ({build['source']}), which DALI "
                            "decodes on the GPU only; predict's graph runs on the CPU backend: pass --shards "
-                           "with a VP9 eval set built with the same settings")
+                           "with a VP9 or JPEG-frames eval set built with the same settings")
 
 
 class _PreparedVideo:
@@ -194,11 +190,18 @@ class PredictSource:
         # The builder's worker options of an eval build with these settings (sharding.media.Videos).
         self.opts = {"media": "video", "split": "eval", "segment_frames": None,
                      **{k: build[k] for k in ("short_side", "fps", "codec", "container", "crf", "speed", "gop",
-                                              "clip_span", "strict_frame_count")}}
+                                              "clip_span", "strict_frame_count")},
+                     "jpeg_quality": build.get("jpeg_quality") or 90}  # releases before it: the builder's default
         # A flat grey frame of the short side: decodes everywhere, fits any crop the run allows.
         side = int(build["short_side"])
-        grey = encode([np.full((side * 3 // 2, side), 128, np.uint8)], side, side, 25, build["codec"],
-                      build["crf"], build["speed"], build["gop"], build["container"])
+        planes = np.full((side * 3 // 2, side), 128, np.uint8)
+        if build["codec"] == "jpeg":
+            enc = JpegFramesEncoder(side, side, self.opts["jpeg_quality"])
+            enc.add(planes)
+            grey = enc.finish()
+        else:
+            grey = encode([planes], side, side, 25, build["codec"], build["crf"], build["speed"], build["gop"],
+                          build["container"])
         self._filler = self._drawn(grey, 1, side, side)
 
     def _drawn(self, data: bytes, num_frames: int, width: int, height: int) -> _PreparedVideo:
@@ -245,10 +248,70 @@ class PredictSource:
         return in_order(self.names, **values)
 
 
+class FrameBatches:
+    """Batch callback of `decode.eval_frames_graph` for a run whose eval shards are JPEG frames:
+    call j returns video j's distinct clip frames (its JPEGs cut at their offsets, as the evaluation's
+    frame stream reads them from a shard), each with the draw's crop, stream index j and resize size;
+    `inverse[j]` places them back into the N*T clip frames. DALI calls it in order, one call per run."""
+
+    batch = True  # graphs.source_node: one call per batch, of any size up to the pipeline's
+
+    def __init__(self, source: PredictSource, resize: bool):
+        from dali_pipelines.decode import FRAME_INPUTS
+
+        self.source, self.calls = source, 0
+        self.names = FRAME_INPUTS if resize else FRAME_INPUTS[:-1]
+        self.inverse: dict[int, np.ndarray] = {}
+
+    def __call__(self):
+        from sharding.formats import jpeg_frame_offsets
+
+        j, self.calls = self.calls, self.calls + 1
+        p = self.source.prepare(j)
+        d = p.draw
+        data = p.encoded.tobytes()
+        bounds = jpeg_frame_offsets(data) + [len(data)]
+        uniq, self.inverse[j] = np.unique(d.frame_idx, return_inverse=True)
+        crop = np.array([d.crop_x, d.crop_y], np.int32)
+        size = np.array([d.width, d.height], np.float32)
+        values = dict(encoded=[p.encoded[bounds[f]:bounds[f + 1]] for f in uniq], crop=[crop] * len(uniq),
+                      k=[np.array(j, np.int64)] * len(uniq), size=[size] * len(uniq))
+        return tuple(values[n] for n in self.names)
+
+
+def jpeg_clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.device):
+    """`clip_batches` for JPEG-frames eval settings: the evaluation's frame graph (each needed frame
+    decoded once by DALI's image decoder, resized and cropped as `JpegFramesEvalLoader` does), then
+    the clips gathered and standardized in torch."""
+    from dali_pipelines.decode import eval_frames_graph
+
+    source = PredictSource(videos, build, eval_cfg)
+    frames = FrameBatches(source, resize=eval_cfg["resize_short"] is not None)
+    n, t = eval_cfg["num_clips"], eval_cfg["clip_len"]
+    pipe = eval_frames_graph(frames, device="cpu", crop=eval_cfg["crop"], py_workers=0, prefetch=1,
+                             batch_size=n * t, num_threads=max(1, int(eval_cfg.get("num_threads", 1))),
+                             device_id=None, prefetch_queue_depth=1)
+    pipe.build()
+    for i in range(len(videos)):
+        crops, ks = pipe.run()
+        if not np.all(ks.as_array() == i):
+            raise RuntimeError(f"predict's frame pipeline returned another video's frames for {i}")
+        if i in source.errors:
+            yield i, None, source.errors[i], None
+            continue
+        u = torch.from_numpy(crops.as_array()[:, :, 0])  # (U, C, H, W) distinct frames
+        x = u[torch.from_numpy(frames.inverse.pop(i))].reshape(n, t, *u.shape[1:]).transpose(1, 2)  # (N, C, T, H, W)
+        yield i, standardize(x.to(device), eval_cfg["standardization"]).unsqueeze(0), None, source.warnings.get(i)
+
+
 def clip_batches(videos: list[Path], build: dict, eval_cfg: dict, device: torch.device):
     """Yield (index, clips (1, N, C, T, H, W) float32 on `device` or None, error or None, warning
     or None) per video."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    if build["codec"] == "jpeg":
+        yield from jpeg_clip_batches(videos, build, eval_cfg, device)
+        return
 
     source = PredictSource(videos, build, eval_cfg)
     pipe = eval_graph(source, device="cpu", num_clips=eval_cfg["num_clips"], clip_len=eval_cfg["clip_len"],
