@@ -313,7 +313,11 @@ def step_loader(args) -> dict:
     seconds = 2.0 if args.quick else 8.0
     batches = (22, 88) if not args.quick else ((22,) if cuda else (2,))
     threads = max((os.cpu_count() or 2) - 1, 1)
-    variants = [("nvdec", "gpu", "gpu"), ("cpu_decode_gpu_ops", "gpu", "cpu")] if cuda else [("cpu", "cpu", "cpu")]
+    # (name, graph device, decode device, hardware JPEG decoder's share: None = DALI's default)
+    variants = ([("nvdec", "gpu", "gpu", None), ("cpu_decode_gpu_ops", "gpu", "cpu", None)] if cuda
+                else [("cpu", "cpu", "cpu", None)])
+    jpeg_variants = ([("nvjpeg_hw_default", "gpu", "gpu", None), ("nvjpeg_no_hw", "gpu", "gpu", 0.0),
+                      ("cpu_decode_gpu_ops", "gpu", "cpu", None)] if cuda else variants)
     out = {"shards": str(shards), "shards_jpeg": str(_bench_shards(args, "jpeg")), "num_threads": threads,
            "runs": [], "could_not": []}
     if not cuda:
@@ -325,14 +329,15 @@ def step_loader(args) -> dict:
 
     # both storage formats: VP9 (NVDEC, or CPU decode + GPU ops) and JPEG frames (nvJPEG / the
     # hardware JPEG decoder where the GPU has one, or CPU decode + GPU ops)
-    for batch, (fmt, set_path), (name, device, decode) in [
+    for batch, (fmt, set_path), (name, device, decode, hw_load) in [
             (b, f, v) for b in batches for f in (("vp9", shards), ("jpeg", _bench_shards(args, "jpeg")))
-            for v in variants]:
+            for v in (jpeg_variants if f[0] == "jpeg" else variants)]:
         if not (set_path / "_info.json").is_file():
             out["could_not"].append(f"{fmt}: no shards at {set_path}")
             continue
         cfg = TrainDataConfig(shards=str(set_path), batch_size=batch, num_threads=threads, py_workers=0,
-                              device=device, decode_device=decode, epoch_clips=batch * 1000)
+                              device=device, decode_device=decode, epoch_clips=batch * 1000,
+                              hw_decoder_load=hw_load)
         loader = make_train_loader(cfg, 0, 1, 0, "cuda:0" if cuda else "cpu")
         it = iter(loader)
         next(it)  # builds the pipeline

@@ -52,6 +52,7 @@ class TrainDataConfig(_ClipSection):
     device: Device = "auto"  # auto = gpu (mixed decoder) when the trainer's device is CUDA
     decode_device: Device = "auto"  # on a GPU graph: gpu = NVDEC, cpu = decode on the num_threads CPU threads, then crop/flip/layout on the GPU; auto = gpu (the rule: dali_pipelines.loader.resolve_decode_device)
     epoch_clips: int | None = Field(None, gt=0)  # clips per epoch (over all ranks); None = number of training videos
+    hw_decoder_load: float | None = Field(None, ge=0, le=1)  # JPEG frames on a GPU (mixed decode): the share of images for the hardware JPEG decoder (A100/H100); 0 = nvJPEG on CUDA cores only; None = DALI's default
     pan_min_side: int | None = Field(None, gt=0)  # still-image shards: smallest pan/zoom window side; None = crop (the paper: 112)
 
 

@@ -63,9 +63,10 @@ class JpegFramesDecode:
     and go through `graphs.augment` like a video window (`train_frames`).
     """
 
-    def __init__(self, table: ShardTable):
+    def __init__(self, table: ShardTable, hw_decoder_load: float | None = None):
         self.table = table
         self.fmt: JpegFrames = table.format
+        self.hw_decoder_load = hw_decoder_load  # mixed decode only (TrainDataConfig.hw_decoder_load)
 
     def train_inputs(self, clip_len: int, resize: bool) -> tuple[str, ...]:
         return tuple(f"frame{k}" for k in range(clip_len)) + (() if resize else ("crop_pos",))
@@ -91,21 +92,26 @@ class JpegFramesDecode:
     def _backend(device: str, decode_device: str) -> str:
         return "mixed" if device == "gpu" and decode_device == "gpu" else "cpu"
 
+    def _decoder_args(self, backend: str) -> dict:
+        """The image decoder's arguments besides its input: on a GPU, the hardware decoder's share."""
+        extra = {"hw_decoder_load": self.hw_decoder_load} if backend == "mixed" and self.hw_decoder_load is not None else {}
+        return {"device": backend, "output_type": types.RGB, **extra}
+
     def train_crops(self, x, device, decode_device, clip_len, crop):
         """The window's T crops, each (crop, crop, C) uint8 RGB on `device`: every frame decoded only
         inside the crop (`fn.decoders.image_crop`: the same pixels as a full decode and crop, tested,
         for ~40% less decoding)."""
         backend = self._backend(device, decode_device)
         pos = x["crop_pos"]
-        crops = [fn.decoders.image_crop(x[f"frame{k}"], device=backend, output_type=types.RGB, crop=[crop, crop],
-                                        crop_pos_x=pos[0], crop_pos_y=pos[1]) for k in range(clip_len)]
+        crops = [fn.decoders.image_crop(x[f"frame{k}"], crop=[crop, crop], crop_pos_x=pos[0], crop_pos_y=pos[1],
+                                        **self._decoder_args(backend)) for k in range(clip_len)]
         return [c.gpu() for c in crops] if device == "gpu" and backend == "cpu" else crops
 
     def train_frames(self, x, device, decode_device, clip_len, stride, crop):
         """With an in-graph resize: whole frames (the crop comes after the resize), stacked into
         (T, H, W, C) on `device`, and the draw's crop position."""
         backend = self._backend(device, decode_device)
-        frames = [fn.decoders.image(x[f"frame{k}"], device=backend, output_type=types.RGB) for k in range(clip_len)]
+        frames = [fn.decoders.image(x[f"frame{k}"], **self._decoder_args(backend)) for k in range(clip_len)]
         seq = fn.stack(*frames, axis=0, axis_name="F")  # (T, H, W, C)
         return (seq.gpu() if device == "gpu" and backend == "cpu" else seq), x["crop"]
 
@@ -129,9 +135,9 @@ def frames_to_clips(frames: list, flip, standardization: str):
     return standardize(x.permute(0, 4, 1, 2, 3), standardization)  # (B, C, T, H, W)
 
 
-def decode_for(table: ShardTable) -> VideoDecode | JpegFramesDecode:
+def decode_for(table: ShardTable, hw_decoder_load: float | None = None) -> VideoDecode | JpegFramesDecode:
     """The decode step of a shard set's training graph, by its storage format."""
-    return JpegFramesDecode(table) if isinstance(table.format, JpegFrames) else VideoDecode()
+    return JpegFramesDecode(table, hw_decoder_load) if isinstance(table.format, JpegFrames) else VideoDecode()
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -215,7 +215,7 @@ class TrainLoader(_Loader):
                 self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                 clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
                 flip=cfg.flip, epoch_clips=cfg.epoch_clips)
-            source = TrainSource(self.table, self.sampler)
+            source = TrainSource(self.table, self.sampler, cfg.hw_decoder_load)
             self.names = source.outputs  # the clip, or a jpeg_frames set's decoded crops
             pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
                                                               **_pipeline_kwargs(cfg, graph_device, local_rank))

@@ -90,8 +90,8 @@ class TrainSource(SampleSource):
     float32 = [width, height] to resize to (DALI warns about, and wastes, an unused output).
     """
 
-    def __init__(self, table: ShardTable, sampler: TrainSampler):
-        self.decode = decode_for(table)  # the storage format's step: what it reads, how it decodes
+    def __init__(self, table: ShardTable, sampler: TrainSampler, hw_decoder_load: float | None = None):
+        self.decode = decode_for(table, hw_decoder_load)  # the storage format's step: what it reads, how it decodes
         names = TRAIN_INPUTS if sampler.resize_short is not None else TRAIN_INPUTS[:-1]
         names = (self.decode.train_inputs(sampler.clip_len, sampler.resize_short is not None)
                  + tuple(n for n in names if n not in VIDEO_INPUTS))

@@ -422,3 +422,16 @@ def test_standardize_matches_float64_on_hard_frames():
         np.testing.assert_allclose(got.numpy(), want, atol=2e-5, rtol=0)
         assert torch.equal(got, torch_standardize(view.contiguous(), how))
     assert float(torch_standardize(torch.from_numpy(batch).permute(0, 4, 1, 2, 3), "per_frame")[0, :, 1].abs().max()) == 0
+
+
+def test_hw_decoder_load_reaches_the_mixed_jpeg_decoder_only(shard_sets):
+    """`hw_decoder_load` (the hardware JPEG decoder's share on a GPU) goes from the config to the
+    JPEG-frames decode step, which passes it to the mixed decoder and never to the CPU one (the CPU
+    decoder has no such argument); a value outside [0, 1] is a config error."""
+    cfg = TrainDataConfig(shards=str(shard_sets["train_jpeg"]), batch_size=2, hw_decoder_load=0.0, py_workers=0)
+    decode = make_train_loader(cfg, 0, 1, 0, "cpu").source.decode
+    assert decode.hw_decoder_load == 0.0
+    assert decode._decoder_args("mixed")["hw_decoder_load"] == 0.0
+    assert "hw_decoder_load" not in decode._decoder_args("cpu")
+    with pytest.raises(ValueError, match="hw_decoder_load"):
+        TrainDataConfig(shards="x", hw_decoder_load=1.5)
