@@ -1,11 +1,12 @@
 """The one place where a shard set's storage format (`sharding.formats`) changes the DALI graphs:
 what a training source returns for a window and how the graph turns it into frames. What follows
 the frames (resize, crop, flip, layout, standardization) is the same for every format, with one
-exception: a jpeg_frames training graph without an in-graph resize stops at the decoded crops, and
-the loader applies the same flip and layout in torch (`frames_to_clips`), because DALI's CPU tail
-(stack, crop_mirror_normalize) cost more per clip than decoding the JPEGs (benchmarks/RESULTS.md);
-the exactness tests hold both paths to the same reference. Every graph's clips are standardized by
-the loader (`standardize.py`).
+exception: training on a jpeg_frames set without an in-graph resize is a graph of frames
+(`train_frames_graph`: B*T JPEGs per batch, one decoder call, each frame decoded only inside its
+crop), and the loader applies the same flip and layout in torch (`frames_to_clips`), because DALI's
+CPU tail (16 decoder calls per batch, stacking, crop_mirror_normalize) cost more per clip than
+decoding the JPEGs (benchmarks/RESULTS.md); the exactness tests hold both paths to the same
+reference. Every graph's clips are standardized by the loader (`standardize.py`).
 
 - Video formats (ivf, webm, mp4): the window's encoded bytes (an ivf member cut at the keyframes
   around it, or a whole member) and the window's first frame in them; DALI's video decoder
@@ -36,8 +37,9 @@ class VideoDecode:
         graph resizes before its crop)."""
         return VIDEO_INPUTS
 
-    def torch_tail(self, resize: bool) -> bool:
-        """Whether the graph stops at decoded crops for the loader's torch tail: never here."""
+    @staticmethod
+    def frame_batches(resize: bool) -> bool:
+        """Whether training runs as a batch of frames (`TrainFrameBatches`): never for video."""
         return False
 
     def train_arrays(self, reader: SampleReader, d, sampler) -> dict[str, np.ndarray]:
@@ -56,11 +58,12 @@ class VideoDecode:
 class JpegFramesDecode:
     """A window of a `jpeg_frames` member: its T frames, each decoded by DALI's image decoder.
 
-    Without an in-graph resize the graph stops at the T decoded crops (`train_crops`), and the loader
-    finishes the clip in torch (`frames_to_clips`: stack, flip, layout, per-frame standardization):
-    the same values as the video graphs' DALI tail (`graphs.augment`), which costs more per clip
-    than decoding does here (benchmarks/RESULTS.md). With a resize, whole frames are decoded, stacked
-    and go through `graphs.augment` like a video window (`train_frames`).
+    Without an in-graph resize the training graph is a batch of frames (`train_frames_graph`: one
+    decoder call on B*T JPEGs, each decoded only inside the crop) and the loader finishes the clips in
+    torch (`frames_to_clips`: flip, layout, standardization), the same values as the video graphs'
+    DALI tail (`graphs.augment`), which costs more per clip than decoding does here
+    (benchmarks/RESULTS.md). With a resize, whole frames are decoded, stacked and go through
+    `graphs.augment` like a video window (`train_frames`).
     """
 
     def __init__(self, table: ShardTable, hw_decoder_load: float | None = None):
@@ -71,8 +74,9 @@ class JpegFramesDecode:
     def train_inputs(self, clip_len: int, resize: bool) -> tuple[str, ...]:
         return tuple(f"frame{k}" for k in range(clip_len)) + (() if resize else ("crop_pos",))
 
-    def torch_tail(self, resize: bool) -> bool:
-        """Whether the graph returns the decoded crops (`crop_outputs`) for `frames_to_clips`."""
+    @staticmethod
+    def frame_batches(resize: bool) -> bool:
+        """Whether training runs as a batch of frames (`TrainFrameBatches`): without a resize."""
         return not resize
 
     def train_arrays(self, reader, d, sampler):
@@ -97,16 +101,6 @@ class JpegFramesDecode:
         extra = {"hw_decoder_load": self.hw_decoder_load} if backend == "mixed" and self.hw_decoder_load is not None else {}
         return {"device": backend, "output_type": types.RGB, **extra}
 
-    def train_crops(self, x, device, decode_device, clip_len, crop):
-        """The window's T crops, each (crop, crop, C) uint8 RGB on `device`: every frame decoded only
-        inside the crop (`fn.decoders.image_crop`: the same pixels as a full decode and crop, tested,
-        for ~40% less decoding)."""
-        backend = self._backend(device, decode_device)
-        pos = x["crop_pos"]
-        crops = [fn.decoders.image_crop(x[f"frame{k}"], crop=[crop, crop], crop_pos_x=pos[0], crop_pos_y=pos[1],
-                                        **self._decoder_args(backend)) for k in range(clip_len)]
-        return [c.gpu() for c in crops] if device == "gpu" and backend == "cpu" else crops
-
     def train_frames(self, x, device, decode_device, clip_len, stride, crop):
         """With an in-graph resize: whole frames (the crop comes after the resize), stacked into
         (T, H, W, C) on `device`, and the draw's crop position."""
@@ -116,23 +110,78 @@ class JpegFramesDecode:
         return (seq.gpu() if device == "gpu" and backend == "cpu" else seq), x["crop"]
 
 
-def crop_outputs(clip_len: int) -> tuple[str, ...]:
-    """The decoded-crop outputs of a graph that leaves the clip to `frames_to_clips`."""
-    return tuple(f"decoded{k}" for k in range(clip_len))
-
-
-def frames_to_clips(frames: list, flip, standardization: str):
-    """The torch tail of a jpeg_frames training batch: T tensors (B, H, W, C) uint8 (the decoded
-    crops) -> float32 clips (B, C, T, H, W), mirrored where `flip` (B,) is set, laid out and
-    standardized by the one copy of `standardize.standardize` (the video graphs' clips get the same)."""
+def frames_to_clips(frames, flip, standardization: str):
+    """The torch tail of a jpeg_frames training batch: decoded crops (B, T, H, W, C) uint8 -> float32
+    clips (B, C, T, H, W), mirrored where `flip` (B,) is set, laid out and standardized by the one
+    copy of `standardize.standardize` (the video graphs' clips get the same standardization)."""
     import torch
 
     from dali_pipelines.standardize import standardize
 
-    x = torch.stack(frames, 1)  # (B, T, H, W, C) uint8
-    for b in torch.nonzero(flip.reshape(-1)).reshape(-1).tolist():
-        x[b] = x[b].flip(2)  # mirror W (one copy per flipped clip; masked indexing copies 3x)
+    x = frames
+    flipped = torch.nonzero(flip.reshape(-1)).reshape(-1).tolist()
+    if flipped:
+        x = frames.clone()  # DALI's output buffer stays as DALI wrote it
+        for b in flipped:
+            x[b] = x[b].flip(2)  # mirror W (one copy per flipped clip; masked indexing copies 3x)
     return standardize(x.permute(0, 4, 1, 2, 3), standardization)  # (B, C, T, H, W)
+
+
+# Training on a jpeg_frames set without an in-graph resize: DALI's batches hold frames, B*T of
+# them, decoded by one decoder call; the source returns whole batches (one Python call per batch);
+# the clips' numbers (label, row, start, crop, flip) stay in Python: the loader draws them again.
+FRAME_TRAIN_INPUTS = ("encoded", "crop_pos")
+FRAME_TRAIN_OUTPUTS = ("decoded",)
+
+
+class TrainFrameBatches:
+    """Batch callback of `train_frames_graph`: DALI's iteration i -> the frames of the rank's clips
+    i*B + offset .. i*B + B - 1 + offset, in clip order, T per clip (`JpegFramesDecode.train_arrays`:
+    one read per window), each with its clip's crop position. `offset` as `sources.SampleSource` (a
+    shared value set before the pipeline is built, for resuming)."""
+
+    batch = True  # graphs.source_node: one call per batch (with DALI's BatchInfo)
+
+    def __init__(self, table: ShardTable, sampler, hw_decoder_load: float | None = None):
+        from dali_pipelines.sources import SampleSource
+
+        self.decode = JpegFramesDecode(table, hw_decoder_load)
+        self.base = SampleSource(table, sampler.batch_size, FRAME_TRAIN_INPUTS)
+        self.names, self.reader, self.sampler = FRAME_TRAIN_INPUTS, self.base.reader, sampler
+
+    @property
+    def offset(self) -> int:
+        return self.base.offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self.base.offset = value
+
+    def __call__(self, batch_info):
+        s, B, T = self.sampler, self.sampler.batch_size, self.sampler.clip_len
+        first = batch_info.iteration * B + self.base.offset
+        encoded, crop_pos = [], []
+        for n in range(first, first + B):
+            a = self.decode.train_arrays(self.reader, s.draw(n), s)
+            encoded += [a[f"frame{k}"] for k in range(T)]
+            crop_pos += [a["crop_pos"]] * T
+        return encoded, crop_pos
+
+
+@pipeline_def
+def train_frames_graph(source, *, device: str, crop: int, py_workers: int, prefetch: int,
+                       decode_device: str = "gpu"):
+    """Training on a jpeg_frames set without a resize, one frame per sample (batch size B*T):
+    `fn.decoders.image_crop` decodes each frame only inside its clip's crop (the same pixels as a full
+    decode and crop, tested, for ~40% less decoding). Output (`FRAME_TRAIN_OUTPUTS`): decoded (crop,
+    crop, C) uint8 RGB on `device`; the loader makes the clips (`frames_to_clips`)."""
+    x = source_node(source, py_workers, prefetch)
+    backend = source.decode._backend(device, decode_device)
+    pos = x["crop_pos"]
+    img = fn.decoders.image_crop(x["encoded"], crop=[crop, crop], crop_pos_x=pos[0], crop_pos_y=pos[1],
+                                 **source.decode._decoder_args(backend))
+    img = img.gpu() if device == "gpu" and backend == "cpu" else img
+    return in_order(FRAME_TRAIN_OUTPUTS, decoded=img)
 
 
 def decode_for(table: ShardTable, hw_decoder_load: float | None = None) -> VideoDecode | JpegFramesDecode:

@@ -50,13 +50,14 @@ def source_node(source, py_workers: int, prefetch: int) -> dict:
 
     Args:
         source: a callable of DALI's `SampleInfo` with `names`, the inputs it returns in order
-            (sources.py); or, with a true `batch` attribute, a callable of no argument returning
-            a batch per output (lists of arrays; any batch size up to the pipeline's).
+            (sources.py); or, with a true `batch` attribute, a callable of DALI's `BatchInfo`
+            returning a batch per output (lists of arrays; any batch size up to the pipeline's).
         py_workers: 0 = call it in the main process; else in DALI's forked worker processes.
         prefetch: batches each worker prepares ahead.
     """
-    if getattr(source, "batch", False):  # a callable of no argument returning whole batches
-        nodes = fn.external_source(source=source, batch=True, num_outputs=len(source.names))
+    if getattr(source, "batch", False):  # a callable of DALI's BatchInfo returning whole batches
+        nodes = fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(source.names),
+                                   **(dict(parallel=True, prefetch_queue_depth=prefetch) if py_workers > 0 else {}))
     elif py_workers > 0:
         nodes = fn.external_source(source=source, parallel=True, batch=False,
                                    num_outputs=len(source.names), prefetch_queue_depth=prefetch)
@@ -139,16 +140,12 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, p
         device: "cpu" or "gpu" (every operator after the decoder runs there).
         decode_device: "gpu" (NVDEC) or "cpu" (CPU threads) with device "gpu" (`decode_video`).
 
-    Outputs (`source.outputs`: `TRAIN_OUTPUTS`, or for a jpeg_frames set without a resize the T
-    decoded crops decoded0.. (crop, crop, C) uint8 in place of clips, finished by
-    `decode.frames_to_clips`): clips (C, T, crop, crop) uint8 (the loader standardizes them:
-    `standardize.standardize`), label () int32, row () int64, start () int32, crop
+    Outputs (`TRAIN_OUTPUTS`; a jpeg_frames set without a resize trains through
+    `decode.train_frames_graph` instead): clips (C, T, crop, crop) uint8 (the loader standardizes
+    them: `standardize.standardize`), label () int32, row () int64, start () int32, crop
     (2,) int32 [x, y], flip () int32.
     """
     x = source_node(source, py_workers, prefetch)
-    if source.outputs != TRAIN_OUTPUTS:  # jpeg_frames without a resize: the loader finishes the clip
-        crops = source.decode.train_crops(x, device, decode_device, clip_len, crop)  # T x (crop, crop, C)
-        return in_order(source.outputs, **dict(zip(source.outputs, crops)), **x)
     # the storage format's step (dali_pipelines/decode.py): video decoder or image decoder
     frames, crop_xy = source.decode.train_frames(x, device, decode_device, clip_len, stride, crop)  # (T, H, W, C)
     clips = augment(frames, crop=crop, crop_xy=crop_xy, flip=x["flip"], size=x.get("size"))  # (C, T, crop, crop)

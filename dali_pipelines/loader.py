@@ -22,8 +22,9 @@ import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.decode import (FRAME_OUTPUTS, FrameSource, FrameStream, assemble_clips, eval_frames_graph,
-                                   frames_to_clips)
+from dali_pipelines.decode import (FRAME_OUTPUTS, FRAME_TRAIN_OUTPUTS, FrameSource, FrameStream, JpegFramesDecode,
+                                   TrainFrameBatches, assemble_clips, eval_frames_graph, frames_to_clips,
+                                   train_frames_graph)
 from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train_graph
 from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
 from dali_pipelines.sampler import EvalSampler, TrainSampler
@@ -133,9 +134,8 @@ class _Loader:
         out = {k: to_device(v, self.device) for k, v in batch.items()}
         if "clips" in out:
             out["clips"] = standardize(out["clips"], self.cfg.standardization)
-        else:  # a jpeg_frames training graph's decoded crops (decode.JpegFramesDecode)
-            crops = [out.pop(k) for k in self.names if k.startswith("decoded")]
-            out["clips"] = frames_to_clips(crops, out["flip"], self.cfg.standardization)
+        else:  # decode.train_frames_graph: B*T decoded crops
+            out = self._frame_batch(out.pop("decoded"))
         if self.device.type == "cuda":
             # The GPU outputs are views of DALI's buffers, read by kernels queued on torch's stream
             # (standardize); DALI may refill a buffer once its view is gone. Keep the views until
@@ -146,6 +146,10 @@ class _Loader:
             done.record()
             self._held = (batch, done)
         return out
+
+    def _frame_batch(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch of a graph that returns decoded frames (`TrainLoader` on JPEG frames)."""
+        raise NotImplementedError
 
     def _in_flight(self) -> list[tuple[int, int | None, int | None]]:
         """(row, window start, span) of every sample the pipeline may be decoding now; start None:
@@ -215,10 +219,15 @@ class TrainLoader(_Loader):
                 self.table, batch_size=cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                 clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
                 flip=cfg.flip, epoch_clips=cfg.epoch_clips)
-            source = TrainSource(self.table, self.sampler, cfg.hw_decoder_load)
-            self.names = source.outputs  # the clip, or a jpeg_frames set's decoded crops
-            pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop,
-                                                              **_pipeline_kwargs(cfg, graph_device, local_rank))
+            kwargs = _pipeline_kwargs(cfg, graph_device, local_rank)
+            if isinstance(self.table.format, JpegFrames) and JpegFramesDecode.frame_batches(cfg.resize_short is not None):
+                # a batch of B*T frames, one decoder call (decode.train_frames_graph)
+                source = TrainFrameBatches(self.table, self.sampler, cfg.hw_decoder_load)
+                self.names = FRAME_TRAIN_OUTPUTS
+                pipe = train_frames_graph(source, crop=cfg.crop, **{**kwargs, "batch_size": cfg.batch_size * cfg.clip_len})
+            else:
+                source = TrainSource(self.table, self.sampler, cfg.hw_decoder_load)
+                pipe = train_graph(source, clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, **kwargs)
         super().__init__(pipe, source, device, cfg.py_workers)
         self.position = 0  # batches consumed since the stream began (all epochs)
 
@@ -241,6 +250,19 @@ class TrainLoader(_Loader):
         bs = self.cfg.batch_size  # batch p holds the rank's samples p*bs .. p*bs + bs - 1
         return [(d.row, d.start, self.sampler.span) for d in map(
             self.sampler.draw, range(self.position * bs, (self.position + self.cfg.prefetch + 1) * bs))]
+
+    def _frame_batch(self, frames):
+        """`decode.train_frames_graph`'s B*T decoded crops (B*T, H, W, C) -> the batch: the clips in
+        torch, and the clips' numbers drawn again (the batch at `position` holds the rank's samples
+        position*B .. position*B + B - 1, as `_in_flight` counts)."""
+        B, T = self.cfg.batch_size, self.cfg.clip_len
+        draws = [self.sampler.draw(n) for n in range(self.position * B, (self.position + 1) * B)]
+        flip = torch.tensor([d.flip for d in draws], dtype=torch.int32)
+        numbers = {"label": ([d.label for d in draws], torch.int32), "row": ([d.row for d in draws], torch.int64),
+                   "start": ([d.start for d in draws], torch.int32),
+                   "crop": ([[d.crop_x, d.crop_y] for d in draws], torch.int32), "flip": (flip, torch.int32)}
+        return {"clips": frames_to_clips(frames.view(B, T, *frames.shape[1:]), flip, self.cfg.standardization),
+                **{k: torch.as_tensor(v, dtype=t).to(self.device) for k, (v, t) in numbers.items()}}
 
     def keys(self, index: torch.Tensor) -> list[str]:
         """Sample keys of the table rows in a batch's `index` (for error messages)."""

@@ -20,8 +20,8 @@ import mmap
 
 import numpy as np
 
-from dali_pipelines.decode import VIDEO_INPUTS, crop_outputs, decode_for
-from dali_pipelines.graphs import EVAL_INPUTS, TRAIN_INPUTS, TRAIN_OUTPUTS, in_order
+from dali_pipelines.decode import VIDEO_INPUTS, decode_for
+from dali_pipelines.graphs import EVAL_INPUTS, TRAIN_INPUTS, in_order
 from dali_pipelines.images import IMAGE_INPUTS, ImageTrainSampler, prescaled_matrices, window_path
 from dali_pipelines.sampler import EvalSampler, TrainSampler
 from sharding.reader import SampleReader, ShardTable
@@ -97,10 +97,6 @@ class TrainSource(SampleSource):
                  + tuple(n for n in names if n not in VIDEO_INPUTS))
         super().__init__(table, sampler.batch_size, names)
         self.sampler = sampler
-        # the graph's outputs: the clip, or (jpeg_frames, no resize) its decoded crops
-        resize = sampler.resize_short is not None
-        self.outputs = (crop_outputs(sampler.clip_len) + TRAIN_OUTPUTS[1:]  # in place of clips
-                        if self.decode.torch_tail(resize) else TRAIN_OUTPUTS)
 
     def __call__(self, sample_info):
         d = self.sampler.draw(self.sample_number(sample_info))

@@ -223,8 +223,10 @@ def test_eval_every_video_once_over_two_ranks(shard_sets):
     assert sorted(seen) == list(range(table.num_videos)) == list(range(8))
 
 
-def test_restored_loader_continues_the_same_stream(shard_sets):
-    cfg = TrainDataConfig(shards=str(shard_sets["train"]), batch_size=2, epoch_clips=6, seed=3,
+@pytest.mark.parametrize("layout", ["train", "train_jpeg"])
+def test_restored_loader_continues_the_same_stream(shard_sets, layout):
+    """(On JPEG frames the batch-of-frames source, in a worker process here.)"""
+    cfg = TrainDataConfig(shards=str(shard_sets[layout]), batch_size=2, epoch_clips=6, seed=3,
                           py_workers=1)
     def take(loader, n):
         out = []

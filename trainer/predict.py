@@ -254,19 +254,19 @@ class FrameBatches:
     frame stream reads them from a shard), each with the draw's crop, stream index j and resize size;
     `inverse[j]` places them back into the N*T clip frames. DALI calls it in order, one call per run."""
 
-    batch = True  # graphs.source_node: one call per batch, of any size up to the pipeline's
+    batch = True  # graphs.source_node: one call per batch (with DALI's BatchInfo), of any size up to the pipeline's
 
     def __init__(self, source: PredictSource, resize: bool):
         from dali_pipelines.decode import FRAME_INPUTS
 
-        self.source, self.calls = source, 0
+        self.source = source
         self.names = FRAME_INPUTS if resize else FRAME_INPUTS[:-1]
         self.inverse: dict[int, np.ndarray] = {}
 
-    def __call__(self):
+    def __call__(self, batch_info):
         from sharding.formats import jpeg_frame_offsets
 
-        j, self.calls = self.calls, self.calls + 1
+        j = batch_info.iteration
         p = self.source.prepare(j)
         d = p.draw
         data = p.encoded.tobytes()
