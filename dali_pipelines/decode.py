@@ -37,11 +37,6 @@ class VideoDecode:
         graph resizes before its crop)."""
         return VIDEO_INPUTS
 
-    @staticmethod
-    def frame_batches(resize: bool) -> bool:
-        """Whether training runs as a batch of frames (`TrainFrameBatches`): never for video."""
-        return False
-
     def train_arrays(self, reader: SampleReader, d, sampler) -> dict[str, np.ndarray]:
         """The arrays of draw `d` (`sampler.TrainDraw` of `sampler`): encoded (nbytes,) uint8, what
         `SampleReader.read_window` returns; decode_start () int32, the window's first frame in it."""
@@ -73,11 +68,6 @@ class JpegFramesDecode:
 
     def train_inputs(self, clip_len: int, resize: bool) -> tuple[str, ...]:
         return tuple(f"frame{k}" for k in range(clip_len)) + (() if resize else ("crop_pos",))
-
-    @staticmethod
-    def frame_batches(resize: bool) -> bool:
-        """Whether training runs as a batch of frames (`TrainFrameBatches`): without a resize."""
-        return not resize
 
     def train_arrays(self, reader, d, sampler):
         """frame0 .. frame{T-1}: (nbytes,) uint8 JPEGs of frames start, start + stride, ...; past

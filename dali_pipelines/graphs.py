@@ -131,7 +131,8 @@ def augment(frames, *, crop: int, crop_xy, flip=None, size=None):
 
 
 @pipeline_def
-def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, py_workers: int, prefetch: int, decode_device: str = "gpu"):
+def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, py_workers: int, prefetch: int,
+                decode_device: str = "gpu"):
     """Training clips: one window + crop + flip per sample.
 
     Args:
@@ -153,7 +154,8 @@ def train_graph(source, *, device: str, clip_len: int, stride: int, crop: int, p
 
 
 @pipeline_def
-def eval_graph(source, *, device: str, num_clips: int, clip_len: int, crop: int, py_workers: int, prefetch: int, decode_device: str = "gpu"):
+def eval_graph(source, *, device: str, num_clips: int, clip_len: int, crop: int, py_workers: int, prefetch: int,
+               decode_device: str = "gpu"):
     """Evaluation: decode each whole video once, gather its N clips, centre crop.
 
     Args:

@@ -22,8 +22,8 @@ import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.config import EvalDataConfig, TrainDataConfig
-from dali_pipelines.decode import (FRAME_OUTPUTS, FRAME_TRAIN_OUTPUTS, FrameSource, FrameStream, JpegFramesDecode,
-                                   TrainFrameBatches, assemble_clips, eval_frames_graph, frames_to_clips,
+from dali_pipelines.decode import (FRAME_OUTPUTS, FRAME_TRAIN_OUTPUTS, FrameSource, FrameStream, TrainFrameBatches,
+                                   assemble_clips, eval_frames_graph, frames_to_clips,
                                    train_frames_graph)
 from dali_pipelines.graphs import EVAL_OUTPUTS, TRAIN_OUTPUTS, eval_graph, train_graph
 from dali_pipelines.images import ImageTrainSampler, image_train_graph, is_image_set
@@ -220,7 +220,7 @@ class TrainLoader(_Loader):
                 clip_len=cfg.clip_len, stride=cfg.stride, crop=cfg.crop, resize_short=cfg.resize_short,
                 flip=cfg.flip, epoch_clips=cfg.epoch_clips)
             kwargs = _pipeline_kwargs(cfg, graph_device, local_rank)
-            if isinstance(self.table.format, JpegFrames) and JpegFramesDecode.frame_batches(cfg.resize_short is not None):
+            if isinstance(self.table.format, JpegFrames) and cfg.resize_short is None:
                 # a batch of B*T frames, one decoder call (decode.train_frames_graph)
                 source = TrainFrameBatches(self.table, self.sampler, cfg.hw_decoder_load)
                 self.names = FRAME_TRAIN_OUTPUTS

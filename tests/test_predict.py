@@ -64,14 +64,20 @@ def run(tmp_path_factory):
     torch.save({"model": model.state_dict(), "optimizer": {}, "step": 5, "epoch": 1, "rng": [],
                 "loader_state": {}, "config": resolved.model_dump(mode="json"),
                 "train_classes": TRAIN_CLASSES}, ckpt)
-    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(root / "run.yaml"), f"checkpoint={ckpt}"],
+    return {"root": root, "ckpt": ckpt, "videos": videos, **_evaluate(root / "run.yaml", ckpt, root / "shards")}
+
+
+def _evaluate(config: Path, ckpt: Path, shards: Path) -> dict:
+    """`python -m trainer.evaluate CONFIG checkpoint=CKPT` (its test set "unseen" = `shards`): the
+    stored evaluation and the set's video keys in video order."""
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(config), f"checkpoint={ckpt}"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    with np.load(root / "run" / "eval" / "unseen_e1.npz") as z:
+    out_dir = Path(yaml.safe_load(config.read_text())["run"]["out_dir"])
+    with np.load(out_dir / "eval" / "unseen_e1.npz") as z:
         stored = {k: z[k] for k in z.files}
-    table = load_shards(root / "shards")
-    keys = [str(table.columns["keys"][r]) for r in table.video_first_rows()]
-    return {"root": root, "ckpt": ckpt, "videos": videos, "stored": stored, "keys": keys}
+    table = load_shards(shards)
+    return {"stored": stored, "keys": [str(table.columns["keys"][r]) for r in table.video_first_rows()]}
 
 
 def _stored_for(run, cls):
@@ -123,13 +129,7 @@ def test_predict_matches_the_evaluation_on_jpeg_frames(run, tmp_path):
     path = tmp_path / "run" / "checkpoints" / "ckpt_0000005.pt"
     path.parent.mkdir(parents=True)
     torch.save(ckpt, path)
-    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", str(tmp_path / "run.yaml"), f"checkpoint={path}"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    with np.load(tmp_path / "run" / "eval" / "unseen_e1.npz") as z:
-        stored = {k: z[k] for k in z.files}
-    table = load_shards(tmp_path / "shards")
-    jpeg_run = {"stored": stored, "keys": [str(table.columns["keys"][r]) for r in table.video_first_rows()]}
+    jpeg_run = _evaluate(tmp_path / "run.yaml", path, tmp_path / "shards")
     rc, records = _predict(run, tmp_path, path, *run["videos"].values())
     assert rc == 0 and len(records) == 3
     for cls, rec in zip(run["videos"], records):
